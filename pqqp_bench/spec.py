@@ -1,0 +1,92 @@
+"""Recipes: ordered compression pipelines written as text.
+
+Grammar (whitespace is free):
+
+    recipe := "dense" | stage (">" stage)*
+    stage  := method [":" key "=" value ("," key "=" value)*]
+
+`wanda:p=0.5 > rtn:w=4,a=4,kv=4` prunes first, then quantizes (P->Q). A recipe has a canonical string
+(parameters in declared order, defaults left out) for display and test ids, and a stable hash over every
+parameter value, defaults included, used as a cache key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from .errors import PqqpError
+from .methods import Method, method_class
+
+DENSE = "dense"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An ordered tuple of configured methods; empty means the dense model."""
+
+    stages: tuple[Method, ...]
+
+    def __str__(self) -> str:
+        return " > ".join(s.canonical() for s in self.stages) or DENSE
+
+    @property
+    def canonical(self) -> str:
+        return str(self)
+
+    @property
+    def key(self) -> str:
+        """A stable 16-hex-digit hash of every stage with all its parameter values."""
+        payload = json.dumps([s.full() for s in self.stages], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    @property
+    def order(self) -> str:
+        """The kinds in application order, e.g. `P>Q` or `Q>P` (empty for dense)."""
+        return ">".join("P" if s.kind == "prune" else "Q" for s in self.stages)
+
+    def ratios(self) -> dict[str, float]:
+        """Nominal ratios (paper §2): C_P = 1/(1-p) with p summed over pruning stages, C_Q = B_orig/B of the
+        lowest weight precision, and the total memory ratio C_P * C_Q."""
+        sparsity = sum(s.sparsity for s in self.stages if s.kind == "prune")
+        prune = 1.0 / (1.0 - sparsity) if sparsity < 1.0 else float("inf")
+        quant = max((s.ratio() for s in self.stages if s.kind == "quant"), default=1.0)
+        return {"prune": prune, "quant": quant, "total": prune * quant}
+
+    def reversed(self) -> "Recipe":
+        return Recipe(tuple(reversed(self.stages)))
+
+    def __add__(self, other: "Recipe") -> "Recipe":
+        return Recipe(self.stages + other.stages)
+
+
+def parse_stage(text: str, recipe: str) -> Method:
+    name, colon, body = (part.strip() for part in text.partition(":"))
+    if not name:
+        raise PqqpError(f"empty method name in stage {text.strip()!r} of recipe {recipe!r}: write method:key=value,...")
+    if colon and not body:
+        raise PqqpError(f"stage {text.strip()!r} has ':' but no parameters: drop the ':' or add key=value")
+    raw: dict[str, str] = {}
+    for item in (part.strip() for part in body.split(",")) if body else ():
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if not (eq and key and value):
+            raise PqqpError(f"bad parameter {item!r} in stage {text.strip()!r}: write key=value, e.g. p=0.5")
+        if key.lower() in raw:
+            raise PqqpError(f"parameter '{key}' given twice in stage {text.strip()!r}")
+        raw[key.lower()] = value
+    return method_class(name.lower()).from_text(raw)
+
+
+def parse_recipe(text: str) -> Recipe:
+    """Parse a recipe string; errors name the bad token and what is accepted."""
+    if not isinstance(text, str):
+        raise PqqpError(f"recipe must be a string, got {text!r}")
+    if text.strip().lower() in (DENSE, ""):
+        return Recipe(())
+    parts = text.split(">")
+    for i, part in enumerate(parts):
+        if not part.strip():
+            where = "at the start" if i == 0 else ("at the end" if i == len(parts) - 1 else "between two '>'")
+            raise PqqpError(f"empty stage {where} of recipe {text!r}: write 'method:key=value > method:...'")
+    return Recipe(tuple(parse_stage(part, text) for part in parts))
