@@ -12,6 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from tabulate import tabulate
+from transformers.utils import logging as hf_logging
 
 from . import __version__
 from .data import available_corpora
@@ -127,11 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet = getattr(args, "no_progress", False)
+    if quiet:  # transformers' own weight-loading bars; ours follow Settings.progress
+        hf_logging.disable_progress_bar()
     try:
         return args.func(args)
     except PqqpError as exc:
         print(f"pqqp: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
 
 
 if __name__ == "__main__":

@@ -18,13 +18,14 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .errors import PqqpError
+from .paths import default_cache_dir
 
 DEFAULT_CORPUS = "pydoc"
 DEFAULT_HOLDOUT = 0.2
 AUSTEN_NOVELS = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion")
 AUSTEN_SUBDIR = "usr/lib/R/site-library/janeaustenr/data"
 AUSTEN_HINT = (
-    "install Debian's r-cran-janeaustenr (apt-get install r-cran-janeaustenr), or without R: "
+    "run scripts/setup.sh (it extracts Debian's r-cran-janeaustenr into the cache without R), or "
     "apt-get download r-cran-janeaustenr && dpkg -x r-cran-janeaustenr_*.deb DIR and set PQQP_AUSTEN_DIR=DIR"
 )
 
@@ -52,6 +53,8 @@ class Corpus:
 
     def calibration_samples(self, n: int, seqlen: int, seed: int) -> torch.Tensor:
         """`n` distinct, non-overlapping windows of `seqlen` calibration tokens, chosen by `seed`: [n, seqlen]."""
+        if n < 1 or seqlen < 1:
+            raise PqqpError(f"calibration needs n >= 1 samples of seqlen >= 1 tokens, got n={n}, seqlen={seqlen}")
         slots = self.calibration.numel() // seqlen
         if n > slots:
             raise PqqpError(
@@ -64,11 +67,14 @@ class Corpus:
 
     def evaluation_windows(self, seqlen: int, tokens: int | None = None) -> torch.Tensor:
         """Consecutive non-overlapping windows from the start of the evaluation part: [tokens // seqlen, seqlen]."""
+        if seqlen < 1:
+            raise PqqpError(f"seqlen={seqlen} is not accepted: give a positive window length")
         available = self.evaluation.numel() // seqlen
         wanted = available if tokens is None else tokens // seqlen
         if wanted < 1 or wanted > available:
+            asked = "all" if tokens is None else tokens
             raise PqqpError(
-                f"evaluation of {tokens} tokens in windows of {seqlen} does not fit corpus '{self.name}': its "
+                f"evaluation of {asked} tokens in windows of {seqlen} does not fit corpus '{self.name}': its "
                 f"evaluation part holds {available} windows ({self.evaluation.numel()} tokens, {self.split}); "
                 f"accepted {seqlen}..{available * seqlen} tokens"
             )
@@ -84,7 +90,7 @@ def pydoc_text() -> Texts:
 
 def austen_dir() -> Path | None:
     candidates = [Path(os.environ["PQQP_AUSTEN_DIR"]) / AUSTEN_SUBDIR] if os.environ.get("PQQP_AUSTEN_DIR") else []
-    candidates.append(Path("/") / AUSTEN_SUBDIR)
+    candidates += [default_cache_dir() / "janeaustenr" / AUSTEN_SUBDIR, Path("/") / AUSTEN_SUBDIR]
     return next((c for c in candidates if (c / "Rdata.rdb").exists()), None)
 
 
@@ -111,16 +117,35 @@ def wikitext2_text() -> Texts:
     return Texts("wikitext2", "WikiText-2 raw v1 (HF datasets)", calibration=join("train"), evaluation=join("test"))
 
 
+def jsonl_rows(path: Path, content: str) -> list[str]:
+    """The "text" of each non-empty line of a .jsonl file (a bare JSON string counts as the text)."""
+    rows = []
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PqqpError(f"corpus file {path} line {number} is not JSON ({exc.msg}): accepted one {{\"text\": ...}} per line") from None
+        if isinstance(row, dict) and isinstance(row.get("text"), str):
+            rows.append(row["text"])
+        elif isinstance(row, str):
+            rows.append(row)
+        else:
+            raise PqqpError(f"corpus file {path} line {number} has no \"text\" string: accepted one {{\"text\": ...}} per line")
+    return rows
+
+
 def file_text(path: Path) -> Texts:
     if not path.is_file():
         raise PqqpError(f"corpus file {path} does not exist; accepted: {', '.join(CORPORA)}, or a .txt/.jsonl path")
-    if path.suffix == ".jsonl":
-        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        text = "\n\n".join(row["text"] if isinstance(row, dict) else str(row) for row in lines)
-    elif path.suffix in (".txt", ".md", ""):
-        text = path.read_text(encoding="utf-8")
-    else:
+    if path.suffix not in (".jsonl", ".txt", ".md", ""):
         raise PqqpError(f"corpus file {path} has suffix {path.suffix!r}: accepted .txt or .jsonl (one {{\"text\": ...}} per line)")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PqqpError(f"corpus file {path} is not UTF-8 text (byte {exc.start}): accepted UTF-8 .txt or .jsonl") from None
+    text = "\n\n".join(jsonl_rows(path, content)) if path.suffix == ".jsonl" else content
     if not text.strip():
         raise PqqpError(f"corpus file {path} is empty: it needs text to calibrate and evaluate on")
     return Texts(path.stem, f"file {path}", text=text)

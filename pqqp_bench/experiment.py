@@ -32,7 +32,7 @@ class Settings:
     eval_tokens: int = 16384
     holdout: float = DEFAULT_HOLDOUT
     seed: int = 0
-    batch_size: int = 4
+    batch_size: int = 1
     device: str = "auto"
     cache_dir: str | None = None
     trust_remote_code: bool = False

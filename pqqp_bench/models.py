@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import PqqpError
+from .paths import default_cache_dir
 
 DEFAULT_MODEL = "smollm2-135m"
 GGUF_MAGIC = b"GGUF"
@@ -69,13 +69,6 @@ class LoadedModel:
         return int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
 
 
-def default_cache_dir() -> Path:
-    """`$PQQP_CACHE_DIR`, else `$XDG_CACHE_HOME/pqqp-bench`, else `~/.cache/pqqp-bench`."""
-    if os.environ.get("PQQP_CACHE_DIR"):
-        return Path(os.environ["PQQP_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pqqp-bench"
-
-
 def looks_like_path(name: str) -> bool:
     return name.endswith(".gguf") or name.startswith((".", "/", "~"))
 
@@ -123,12 +116,15 @@ def convert_gguf(path: Path, cache_dir: Path) -> Path:
 
 
 def folder_fingerprint(folder: Path) -> str:
-    """A cheap fingerprint of a weights folder: the names, sizes and times of its weight files."""
+    """A cheap fingerprint of a weights folder: names, sizes and modification times (ns) of its files.
+
+    Converted GGUF folders carry the sha256 of their source file instead. Hashing the content of an 8B model
+    on every load would cost a minute; a rewritten file gets a new mtime."""
     meta = folder / "pqqp.json"
     if meta.exists():
         return json.loads(meta.read_text()).get("gguf_sha256", "")[:16]
     items = sorted(
-        (p.name, p.stat().st_size, int(p.stat().st_mtime))
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns)
         for p in folder.iterdir()
         if p.suffix in (".safetensors", ".bin", ".json")
     )
@@ -149,9 +145,10 @@ def resolve(name: str, cache_dir: Path) -> tuple[str, str]:
         if not (path / "config.json").exists():
             raise PqqpError(f"model folder {path} has no config.json: accepted an HF model folder (save_pretrained)")
         return str(path), f"local folder {path}"
-    if looks_like_path(name):
+    if looks_like_path(name) or path.exists():
+        state = "is not a .gguf file or HF folder" if path.exists() else "does not exist"
         raise PqqpError(
-            f"model path {name!r} does not exist or is not a .gguf file or HF folder; accepted: "
+            f"model path {name!r} {state}; accepted: "
             f"{', '.join(EMBEDDED)}, an HF hub id, a local HF folder, or a .gguf file"
         )
     return name, f"HF hub id {name}"
@@ -171,8 +168,8 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        reason = str(exc).strip().splitlines()[0]
+    except (OSError, ValueError, KeyError) as exc:  # missing files / unknown model_type / broken config
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise PqqpError(
             f"cannot load model {name!r} ({source}): {reason}; accepted: {', '.join(EMBEDDED)}, an HF hub id "
             f"(needs the hub or its local cache), a local HF folder, or a .gguf file"

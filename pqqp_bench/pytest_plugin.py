@@ -8,12 +8,14 @@ plugin costs nothing in test sessions that do not use it.
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import pytest
 
 if TYPE_CHECKING:
-    from .experiment import Experiment, Settings
+    from .experiment import CaseResult, Experiment, Settings
+
+RESULTS = pytest.StashKey[dict]()
 
 OPTIONS = {
     "model": "model: embedded name, HF hub id, HF folder or .gguf file",
@@ -49,6 +51,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "pqqp: a case of the pqqp-bench compression-order grid")
+    config.stash[RESULTS] = {}
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """A table of every case measured in this session."""
+    results = config.stash.get(RESULTS, {})
+    if not results:
+        return
+    from tabulate import tabulate
+
+    rows = []
+    for case in results.values():
+        achieved = case.report.achieved()
+        bits = " ".join(f"{k.upper()}{achieved[f'{k}_bits']}" for k in ("w", "a", "kv") if achieved[f"{k}_bits"])
+        rows.append((case.recipe, case.order or "-", f"{achieved['sparsity']:.3f}", bits or "-",
+                     f"{achieved['total']:.2f}", f"{case.perplexity.ppl:.4f}", f"{case.seconds['compress']:.1f}",
+                     f"{case.seconds['evaluate']:.1f}"))
+    first = next(iter(results.values())).perplexity
+    terminalreporter.write_sep("=", f"pqqp-bench cases ({first.convention}, {first.windows} x {first.seqlen} tokens)")
+    terminalreporter.write_line(tabulate(
+        rows, headers=["recipe", "order", "sparsity", "bits", "C total", "ppl", "compress s", "eval s"]))
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +97,19 @@ def pqqp_experiment(pqqp_settings: "Settings") -> "Experiment":
         return Experiment(pqqp_settings)
     except PqqpError as exc:
         raise pytest.UsageError(f"pqqp: {exc}") from None
+
+
+@pytest.fixture(scope="session")
+def pqqp_run(pqqp_experiment: "Experiment", pytestconfig: pytest.Config) -> Callable[[str], "CaseResult"]:
+    """Run a recipe on the session's experiment, once: later requests for the same recipe reuse the result."""
+    from .spec import parse_recipe
+
+    results = pytestconfig.stash[RESULTS]
+
+    def run(text: str) -> "CaseResult":
+        recipe = parse_recipe(text)
+        if recipe.key not in results:
+            results[recipe.key] = pqqp_experiment.run(recipe)
+        return results[recipe.key]
+
+    return run

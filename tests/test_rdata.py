@@ -11,7 +11,6 @@ import bz2
 import gzip
 import lzma
 import math
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -287,23 +286,22 @@ def test_corrupt_files(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------
 # The real janeaustenr package data (Debian r-cran-janeaustenr)
 # ---------------------------------------------------------------------------
-AUSTEN_SUBDIR = Path("usr/lib/R/site-library/janeaustenr/data")
 NOVELS = ["emma", "mansfieldpark", "northangerabbey", "persuasion", "prideprejudice", "sensesensibility"]
 
 
 def austen_data_dir() -> Path | None:
-    candidates = [Path("/") / AUSTEN_SUBDIR]
-    if os.environ.get("PQQP_AUSTEN_DIR"):
-        candidates.insert(0, Path(os.environ["PQQP_AUSTEN_DIR"]) / AUSTEN_SUBDIR)
-    return next((path for path in candidates if (path / "Rdata.rdx").is_file()), None)
+    """Where the harness finds the package data: $PQQP_AUSTEN_DIR, the cache (scripts/setup.sh), or /usr/lib/R."""
+    from pqqp_bench.data import austen_dir
+
+    return austen_dir()
 
 
 def test_janeaustenr_novels() -> None:
     data_dir = austen_data_dir()
     if data_dir is None:
         pytest.skip(
-            "janeaustenr data not found: install r-cran-janeaustenr or set PQQP_AUSTEN_DIR "
-            "to a folder where its .deb was extracted with dpkg -x"
+            "janeaustenr data not found: run scripts/setup.sh, install r-cran-janeaustenr, or set "
+            "PQQP_AUSTEN_DIR to a folder where its .deb was extracted with dpkg -x"
         )
     db = read_lazyload_db(data_dir)
     assert sorted(db) == NOVELS

@@ -47,7 +47,7 @@ def perplexity(
     model: PreTrainedModel,
     windows: torch.Tensor,
     *,
-    batch_size: int = 4,
+    batch_size: int = 1,
     progress: bool = True,
 ) -> PerplexityResult:
     """Perplexity of `model` on `windows` ([n, seqlen] token ids), evaluated `batch_size` windows at a time."""

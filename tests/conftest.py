@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny random models and a character tokenizer built in the test, no downloads."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+CHARS = string.printable
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per printable character, plus <unk>: enough for corpus and CLI tests."""
+    vocab = {"<unk>": 0, **{c: i + 1 for i, c in enumerate(CHARS)}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>")
+
+
+def tiny_llama(seed: int = 0, layers: int = 2, hidden: int = 64, context: int = 256) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(CHARS) + 1, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context, use_cache=False,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def tokenizer() -> PreTrainedTokenizerFast:
+    return char_tokenizer()
+
+
+@pytest.fixture
+def model() -> LlamaForCausalLM:
+    return tiny_llama()
+
+
+@pytest.fixture
+def tokens() -> torch.Tensor:
+    """Eight random calibration windows of 32 tokens."""
+    return torch.randint(1, len(CHARS) + 1, (8, 32), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    """A tiny Llama with its tokenizer saved as a local HF folder."""
+    folder = tmp_path / "tiny-llama"
+    tiny_llama().save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    """A small English-like text file, long enough for a few windows of 32 characters."""
+    words = "the order of pruning and quantization changes a compressed model".split()
+    gen = torch.Generator().manual_seed(2)
+    text = " ".join(words[i] for i in torch.randint(0, len(words), (3000,), generator=gen).tolist())
+    path = tmp_path / "corpus.txt"
+    path.write_text(text)
+    return path

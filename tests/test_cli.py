@@ -1,0 +1,212 @@
+"""The `pqqp` command line: one-line usage errors with exit code 2, a small real run, and the listings."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pqqp_bench import __version__
+from pqqp_bench.cli import main
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Whatever a command converts goes under the test's tmp_path, never into the user's cache."""
+    monkeypatch.setenv("PQQP_CACHE_DIR", str(tmp_path / "pqqp-cache"))
+
+
+@pytest.fixture
+def run_args(model_dir, text_file):
+    """`pqqp run` on the tiny model and text file with small settings; later flags override these."""
+    return [
+        "run", "--model", str(model_dir), "--corpus", str(text_file), "--device", "cpu", "--seqlen", "32",
+        "--calib-samples", "4", "--eval-tokens", "128", "--no-progress",
+    ]
+
+
+def error_line(rc: int, err: str) -> str:
+    """The single `pqqp: error:` line of a failed command (exit code 2, no traceback)."""
+    assert rc == 2
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("pqqp: error:")]
+    assert len(errors) == 1, err
+    assert err.rstrip("\n").splitlines()[-1] == errors[0]  # the error is the last thing printed
+    assert len(errors[0]) > len("pqqp: error: ") + 10
+    return errors[0]
+
+
+RECIPE_ERRORS = [
+    ("unknown-method", "sparsify:p=0.5", ["'sparsify'", "magnitude", "rtn", "wanda"]),
+    ("p-one", "wanda:p=1.0", ["p='1.0'", "[0, 1)"]),
+    ("p-negative", "magnitude:p=-0.1", ["p='-0.1'", "[0, 1)"]),
+    ("bits-1", "rtn:w=1", ["w='1'", "2..16"]),
+    ("bits-17", "rtn:w=4,a=17", ["a='17'", "2..16"]),
+    ("nm-4:4", "wanda:nm=4:4", ["nm='4:4'", "N < M"]),
+    ("nm-5:4", "wanda:nm=5:4", ["nm='5:4'", "N < M"]),
+    ("dangling-end", "wanda:p=0.5 >", ["'wanda:p=0.5 >'", "at the end"]),
+    ("dangling-start", "> rtn:w=4", ["'> rtn:w=4'", "at the start"]),
+]
+
+
+@pytest.mark.parametrize("recipe, names", [c[1:] for c in RECIPE_ERRORS], ids=[c[0] for c in RECIPE_ERRORS])
+def test_bad_recipe_is_one_line_error_before_loading_anything(run_args, capsys, recipe, names):
+    rc = main(run_args + ["--recipe", "wanda:p=0.5", "--recipe", recipe])
+    out, err = capsys.readouterr()
+    line = error_line(rc, err)
+    for name in names:
+        assert name in line
+    assert out == ""  # recipes are parsed before the model is loaded
+    assert "Loading" not in err
+
+
+def corrupt_gguf(tmp_path: Path) -> list[str]:
+    path = tmp_path / "broken.gguf"
+    path.write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(range(200)))
+    return ["--model", str(path), "--cache-dir", str(tmp_path / "cache")]
+
+
+def empty_corpus(tmp_path: Path) -> list[str]:
+    path = tmp_path / "empty.txt"
+    path.write_text("")
+    return ["--corpus", str(path)]
+
+
+SETTING_ERRORS = [
+    ("missing-model", lambda tmp: ["--model", "/no/such/dir"], ["'/no/such/dir'"]),
+    ("missing-gguf", lambda tmp: ["--model", "./missing.gguf"], ["'./missing.gguf'"]),
+    ("corrupt-gguf", corrupt_gguf, ["cannot read GGUF file", "broken.gguf"]),
+    ("empty-corpus", empty_corpus, ["empty.txt", "empty"]),
+    ("unknown-corpus", lambda tmp: ["--corpus", "gutenberg"], ["'gutenberg'", "pydoc"]),
+    ("seqlen-over-context", lambda tmp: ["--seqlen", "300"], ["seqlen=300", "2..256"]),
+    ("too-many-calibration-samples", lambda tmp: ["--calib-samples", "100000"], ["100000 calibration samples", "accepted n <="]),
+    ("too-many-eval-tokens", lambda tmp: ["--eval-tokens", "10000000"], ["10000000 tokens", "accepted 32.."]),
+    ("unknown-device", lambda tmp: ["--device", "tpu"], ["'tpu'", "cpu"]),
+    ("zero-calibration-samples", lambda tmp: ["--calib-samples", "0"], ["calib_samples=0"]),
+    ("holdout-outside", lambda tmp: ["--holdout", "1.5"], ["holdout=1.5", "(0, 1)"]),
+]
+
+
+@pytest.mark.parametrize("extra, names", [c[1:] for c in SETTING_ERRORS], ids=[c[0] for c in SETTING_ERRORS])
+def test_bad_setting_is_one_line_error(run_args, tmp_path, monkeypatch, capsys, extra, names):
+    monkeypatch.chdir(tmp_path)
+    rc = main(run_args + extra(tmp_path) + ["--recipe", "wanda:p=0.5"])
+    out, err = capsys.readouterr()
+    line = error_line(rc, err)
+    for name in names:
+        assert name in line
+    assert "recipe     " not in out  # nothing was run
+
+
+def test_group_size_not_dividing_the_layer_is_one_line_error(run_args, capsys):
+    rc = main(run_args + ["--recipe", "rtn:w=4,g=48"])  # hidden size 64
+    out, err = capsys.readouterr()
+    line = error_line(rc, err)
+    assert "g=48" in line and "in_features=64" in line
+
+
+def test_console_script_exits_2_with_one_line(tmp_path):
+    script = Path(sys.executable).with_name("pqqp")
+    script = str(script) if script.exists() else shutil.which("pqqp")
+    if script is None:
+        pytest.skip("the pqqp console script is not installed")
+    env = {**os.environ, "PQQP_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [script, "run", "--model", "/no/such/dir", "--recipe", "wanda:p=0.5 > rtn:w=1"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pqqp: error:") and "w='1'" in lines[0]
+
+
+def test_run_both_orders_dense_and_json(run_args, tmp_path, capsys):
+    out_json = tmp_path / "results.json"
+    rc = main(run_args + [
+        "--recipe", "wanda:p=0.5", "--recipe", "rtn:w=4,a=4,kv=4 > wanda:p=0.5", "--both-orders", "--dense",
+        "--json", str(out_json),
+    ])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "pqqp: error" not in err
+
+    expected = {
+        "dense": "",
+        "wanda:p=0.5": "P",
+        "rtn:w=4,a=4,kv=4 > wanda:p=0.5": "Q>P",
+        "wanda:p=0.5 > rtn:w=4,a=4,kv=4": "P>Q",  # the reversed order, from --both-orders
+    }
+    payload = json.loads(out_json.read_text())
+    results = payload["results"]
+    assert [r["recipe"] for r in results] == list(expected)  # dense first, the reversed order last
+    assert payload["settings"]["seqlen"] == 32 and payload["settings"]["calib_samples"] == 4
+    assert payload["model_fingerprint"]
+    for r in results:
+        assert r["order"] == expected[r["recipe"]]
+        assert math.isfinite(r["ppl"]) and r["ppl"] > 1.0
+        assert r["perplexity"]["windows"] == 4 and r["perplexity"]["seqlen"] == 32
+        achieved = r["achieved"]
+        if "wanda" in r["recipe"]:
+            assert achieved["sparsity"] == pytest.approx(0.5, abs=1e-9)
+            assert r["requested"]["prune"] == pytest.approx(2.0)
+        else:
+            assert achieved["sparsity"] == 0.0
+        if "rtn" in r["recipe"]:
+            assert (achieved["w_bits"], achieved["a_bits"], achieved["kv_bits"]) == (4, 4, 4)
+            assert achieved["total"] == pytest.approx(8.0)
+        else:
+            assert achieved["w_bits"] is None and achieved["a_bits"] is None and achieved["kv_bits"] is None
+
+    assert out.startswith(f"model {run_args[2]}")
+    for r in results:
+        assert f"recipe     {r['recipe']}   [{r['order'] or 'dense'}," in out
+        assert f"{r['ppl']:.4f}" in out
+    assert out.count("\nperplexity ") == 4
+    assert out.count("achieved   sparsity 0.5000") == 3
+    assert out.count("W4 A4 KV4") == 2
+    table = out[out.rindex("\nrecipe ") + 1:]  # the final table
+    assert all(h in table.splitlines()[0] for h in ("recipe", "order", "C total", "ppl"))
+    assert len([line for line in table.splitlines() if line.startswith(("dense", "wanda", "rtn"))]) == 4
+
+
+def test_methods_lists_every_method_with_parameters(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("magnitude", "wanda", "rtn"):
+        assert any(line.startswith(name) for line in out.splitlines())
+    assert "p (a float in [0, 1))" in out and "nm (" in out and "w (an integer 2..16, or none)" in out
+
+
+def test_models_lists_the_embedded_model(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m" in out and ".gguf" in out
+
+
+def test_corpora_lists_every_corpus(capsys):
+    assert main(["corpora"]) == 0
+    out = capsys.readouterr().out
+    for name in ("pydoc", "austen", "wikitext2", "PATH.txt"):
+        assert name in out
+
+
+def test_version_and_missing_subcommand(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and __version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+
+
+def test_no_progress_error_is_the_only_stderr_output(run_args, capsys):
+    rc = main(run_args + ["--seqlen", "300", "--recipe", "wanda:p=0.5"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.splitlines() == [error_line(rc, err)]
