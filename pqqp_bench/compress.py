@@ -42,26 +42,34 @@ class LinearRecord:
 
 @dataclass
 class CompressionReport:
-    """What a recipe asked for next to what it achieved, per Linear and in total, with timings."""
+    """What a recipe asked for next to what it achieved, per Linear and in total, with timings.
+
+    `dense_numel` counts the decoder Linear weights before compression, so removed blocks (SLEB) count as
+    pruned; `structure` holds what model-scope stages recorded (removed blocks, rotations).
+    """
 
     recipe: str
     requested: dict[str, float]
+    dense_numel: int = 0
     linears: list[LinearRecord] = field(default_factory=list)
     kv_bits: list[int | None] = field(default_factory=list)
+    structure: list[dict] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def achieved(self) -> dict[str, float | None]:
-        total = sum(r.numel for r in self.linears) or 1
-        sparsity = sum(r.mask_sparsity * r.numel for r in self.linears) / total
-        zeros = sum(r.zero_fraction * r.numel for r in self.linears) / total
-        w_bits = {r.w_bits for r in self.linears}
-        bits = max(w_bits - {None}) if w_bits - {None} else None
+        present = sum(r.numel for r in self.linears) or 1
+        dense = self.dense_numel or present
+        kept = sum(r.numel * (1.0 - r.mask_sparsity) for r in self.linears)
+        sparsity = 1.0 - kept / dense
+        zeros = sum(r.zero_fraction * r.numel for r in self.linears) / present
+        bits = {r.w_bits for r in self.linears}
+        mean_bits = sum((r.w_bits or B_ORIG) * r.numel for r in self.linears) / present
         prune = 1.0 / (1.0 - sparsity)
-        quant = B_ORIG / bits if bits else 1.0
+        quant = B_ORIG / mean_bits
         return {
             "sparsity": sparsity,
             "zero_fraction": zeros,
-            "w_bits": bits,
+            "w_bits": bits.pop() if len(bits) == 1 else round(mean_bits, 4),
             "a_bits": max({r.a_bits for r in self.linears} - {None}, default=None),
             "kv_bits": max(set(self.kv_bits) - {None}, default=None),
             "prune": prune,
@@ -97,29 +105,56 @@ def block_attention(block: nn.Module) -> nn.Module | None:
     return None
 
 
-def capture_block_inputs(
-    model: PreTrainedModel, blocks: nn.ModuleList, samples: torch.Tensor, device: torch.device
-) -> tuple[list[torch.Tensor], dict]:
-    """Run the model up to its first block on each sample; return the block inputs and the call's kwargs."""
+def passthrough(*args, **kwargs) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def block_call_kwargs(model: PreTrainedModel, blocks: nn.ModuleList, sample: torch.Tensor) -> list[dict]:
+    """The keyword arguments each block is called with (masks, rotary embeddings), read from one forward
+    pass in which every block passes its input through untouched (so no block needs to be on the device).
+
+    Blocks of one model may differ here: Gemma 3 gives sliding-window layers another mask and rotary base.
+    """
+    calls: list[dict] = [{} for _ in blocks]
+
+    def keep(index: int):
+        def hook(module: nn.Module, args: tuple, kw: dict) -> None:
+            calls[index] = {k: v for k, v in kw.items() if k not in ("hidden_states", "past_key_values")}
+            calls[index]["use_cache"] = False
+
+        return hook
+
+    handles = [block.register_forward_pre_hook(keep(i), with_kwargs=True) for i, block in enumerate(blocks)]
+    for block in blocks:
+        block.forward = passthrough
+    try:
+        model(sample.unsqueeze(0), use_cache=False)
+    finally:
+        for block in blocks:
+            del block.forward
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def capture_block_inputs(model: PreTrainedModel, blocks: nn.ModuleList, samples: torch.Tensor) -> list[torch.Tensor]:
+    """Run the model up to its first block on each sample ([n, seqlen] ids); return the block's inputs."""
     inputs: list[torch.Tensor] = []
-    kwargs: dict = {}
 
     def catch(module: nn.Module, args: tuple, kw: dict) -> None:
         inputs.append(args[0] if args else kw["hidden_states"])
-        kwargs.update({k: v for k, v in kw.items() if k not in ("hidden_states", "past_key_values")})
         raise _Captured
 
     handle = blocks[0].register_forward_pre_hook(catch, with_kwargs=True)
     try:
         for sample in samples:
             try:
-                model(sample.unsqueeze(0).to(device), use_cache=False)
+                model(sample.unsqueeze(0), use_cache=False)
             except _Captured:
                 pass
     finally:
         handle.remove()
-    kwargs["use_cache"] = False
-    return inputs, kwargs
+    return inputs
 
 
 def run_block(block: nn.Module, inputs: list[torch.Tensor], kwargs: dict) -> list[torch.Tensor]:
@@ -156,23 +191,21 @@ def input_statistics(linears: dict[str, nn.Linear], kind: str) -> Iterator[dict[
 
 
 def record(work: LayerWork, prefix: str) -> list[LinearRecord]:
+    """The achieved state of each Linear of a block, after checking that masks and grids were kept."""
     rows = []
     for name, linear in work.linears.items():
         weight = linear.weight.data
         mask = work.masks.get(name)
         bits = work.bits.get(name, {})
-        rows.append(
-            LinearRecord(
-                f"{prefix}.{name}",
-                weight.numel(),
-                0.0 if mask is None else 1.0 - mask.float().mean().item(),
-                (weight == 0).float().mean().item(),
-                bits.get("w"),
-                bits.get("a"),
-            )
-        )
         if mask is not None and bool((weight[~mask] != 0).any()):
             raise RuntimeError(f"{prefix}.{name}: a later stage made pruned weights non-zero (mask not kept)")
+        grid = work.grids.get(name)
+        if grid is not None and not grid.holds(weight):
+            raise RuntimeError(f"{prefix}.{name}: a later stage moved weights off the {grid.bits}-bit grid")
+        rows.append(LinearRecord(
+            f"{prefix}.{name}", weight.numel(), 0.0 if mask is None else 1.0 - mask.float().mean().item(),
+            (weight == 0).float().mean().item(), bits.get("w"), bits.get("a"),
+        ))
     return rows
 
 
@@ -188,6 +221,59 @@ def compress_block(work: LayerWork, stages: tuple[Method, ...], inputs: list[tor
         seconds[stage.canonical()] = seconds.get(stage.canonical(), 0.0) + time.perf_counter() - start
 
 
+def segments(stages: tuple[Method, ...]) -> list[tuple[Method, ...]]:
+    """Split a recipe into runs of layer-scope stages (one calibration pass each) and single model-scope stages."""
+    runs: list[tuple[Method, ...]] = []
+    for stage in stages:
+        if stage.scope == "layer" and runs and runs[-1][-1].scope == "layer":
+            runs[-1] += (stage,)
+        else:
+            runs.append((stage,))
+    return runs
+
+
+def block_work(block: nn.Module, index: int, works: dict[int, LayerWork], seed: int) -> LayerWork:
+    """The block's LayerWork, kept across passes so that masks, grids and bits set earlier stay in force."""
+    work = works.get(id(block))
+    if work is None:
+        linears = block_linears(block)
+        work = LayerWork(index, block, linears, block_attention(block),
+                         reference={n: lin.weight.data.clone() for n, lin in linears.items()}, seed=seed)
+        works[id(block)] = work
+    work.index = index
+    return work
+
+
+def layer_pass(
+    model: PreTrainedModel, stages: tuple[Method, ...], calibration: torch.Tensor | None, device: torch.device,
+    works: dict[int, LayerWork], seconds: dict[str, float], progress: bool, seed: int,
+) -> None:
+    """Apply layer-scope `stages` block by block, calibrating each block on the compressed blocks before it."""
+    blocks = decoder_blocks(model)
+    home = next(model.parameters()).device
+    needs_inputs = any(s.needs_calibration for s in stages)
+    inputs: list[torch.Tensor] = []
+    calls: list[dict] = [{} for _ in blocks]
+    if needs_inputs:
+        start = time.perf_counter()
+        calibration = calibration.to(device)
+        move_outside_blocks(model, blocks, device)
+        calls = block_call_kwargs(model, blocks, calibration[0])
+        inputs = capture_block_inputs(model, blocks, calibration)
+        seconds["capture"] = seconds.get("capture", 0.0) + time.perf_counter() - start
+    label = " > ".join(s.canonical() for s in stages)
+    for index, block in enumerate(tqdm(blocks, desc=f"compress {label}", disable=not progress, unit="block", leave=False)):
+        block.to(device)
+        work = block_work(block, index, works, seed)
+        compress_block(work, stages, inputs, calls[index], seconds)
+        if needs_inputs and index + 1 < len(blocks):
+            start = time.perf_counter()
+            inputs = run_block(block, inputs, calls[index])
+            seconds["propagate"] = seconds.get("propagate", 0.0) + time.perf_counter() - start
+        block.to(home)
+    model.to(home)
+
+
 @torch.no_grad()
 def compress(
     model: PreTrainedModel,
@@ -200,44 +286,32 @@ def compress(
 ) -> CompressionReport:
     """Compress `model` in place with `recipe`; `calibration` is [n, seqlen] token ids (needed by some methods).
 
-    Blocks are moved to `device` one at a time and back, so peak device memory is one block plus the
-    calibration activations, as in the reference SparseGPT/GPTQ implementations.
+    Consecutive layer-scope stages share one block-by-block pass; model-scope stages (block removal,
+    rotations) act on the whole model between passes. Blocks are moved to `device` one at a time and back, so
+    peak device memory is one block plus the calibration activations, as in the reference SparseGPT/GPTQ code.
     """
-    report = CompressionReport(str(recipe), recipe.ratios())
-    if not recipe.stages:
-        return report
     blocks = decoder_blocks(model)
+    report = CompressionReport(str(recipe), recipe.ratios(),
+                               sum(lin.weight.numel() for b in blocks for lin in block_linears(b).values()))
     home = next(model.parameters()).device
     device = torch.device(device) if device is not None else home
     for stage in recipe.stages:
         stage.validate(block_linears(blocks[0]))
-    needs_inputs = any(s.needs_calibration for s in recipe.stages)
-    if needs_inputs and (calibration is None or calibration.numel() == 0):
-        needed = ", ".join(s.name for s in recipe.stages if s.needs_calibration)
-        raise PqqpError(f"recipe '{recipe}' needs calibration samples (for {needed}): pass calibration token ids")
-    inputs, kwargs = ([], {})
-    start = time.perf_counter()
-    if needs_inputs:
-        move_outside_blocks(model, blocks, device)
-        inputs, kwargs = capture_block_inputs(model, blocks, calibration, device)
-    report.seconds["capture"] = time.perf_counter() - start
-    bar = tqdm(blocks, desc=f"compress {recipe}", disable=not progress, unit="block", leave=False)
-    for index, block in enumerate(bar):
-        block.to(device)
-        linears = block_linears(block)
-        work = LayerWork(
-            index, block, linears, block_attention(block),
-            reference={n: l.weight.data.clone() for n, l in linears.items()}, seed=seed,
-        )
-        compress_block(work, recipe.stages, inputs, kwargs, report.seconds)
+    needed = [s.name for s in recipe.stages if s.needs_calibration]
+    if needed and (calibration is None or calibration.numel() == 0):
+        raise PqqpError(f"recipe '{recipe}' needs calibration samples (for {', '.join(needed)}): pass calibration token ids")
+    works: dict[int, LayerWork] = {}
+    for run in segments(recipe.stages):
+        if run[0].scope == "layer":
+            layer_pass(model, run, calibration, device, works, report.seconds, progress, seed)
+            continue
+        start = time.perf_counter()
+        report.structure.append({"stage": run[0].canonical(), **run[0].apply_model(model, calibration, device, seed)})
+        report.seconds[run[0].canonical()] = time.perf_counter() - start
+    for index, block in enumerate(decoder_blocks(model)):
+        work = block_work(block, index, works, seed)
         report.linears += record(work, f"blocks.{index}")
         report.kv_bits.append(work.kv_bits)
-        if needs_inputs and index + 1 < len(blocks):
-            start = time.perf_counter()
-            inputs = run_block(block, inputs, kwargs)
-            report.seconds["propagate"] = report.seconds.get("propagate", 0.0) + time.perf_counter() - start
-        block.to(home)
-    model.to(home)
     return report
 
 

@@ -42,9 +42,20 @@ class Recipe:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     @property
+    def basis(self) -> tuple[Method, ...]:
+        """The leading transforms (rotations): a reparametrisation of the model that both orders share."""
+        count = next((i for i, s in enumerate(self.stages) if s.kind != "transform"), len(self.stages))
+        return self.stages[:count]
+
+    @property
+    def methods(self) -> tuple[Method, ...]:
+        """The compressing stages after the basis, in application order."""
+        return self.stages[len(self.basis):]
+
+    @property
     def order(self) -> str:
-        """The kinds in application order, e.g. `P>Q` or `Q>P` (empty for dense)."""
-        return ">".join("P" if s.kind == "prune" else "Q" for s in self.stages)
+        """The methods' kinds in application order, e.g. `P>Q` or `Q>P` (empty for dense or a lone rotation)."""
+        return ">".join("P" if s.kind == "prune" else "Q" for s in self.methods)
 
     def ratios(self) -> dict[str, float]:
         """Nominal ratios (paper §2): C_P = 1/(1-p) with p summed over pruning stages, C_Q = B_orig/B of the
@@ -55,7 +66,8 @@ class Recipe:
         return {"prune": prune, "quant": quant, "total": prune * quant}
 
     def reversed(self) -> "Recipe":
-        return Recipe(tuple(reversed(self.stages)))
+        """The same methods in the opposite order; a leading rotation stays first."""
+        return Recipe(self.basis + tuple(reversed(self.methods)))
 
     def __add__(self, other: "Recipe") -> "Recipe":
         return Recipe(self.stages + other.stages)
@@ -89,4 +101,12 @@ def parse_recipe(text: str) -> Recipe:
         if not part.strip():
             where = "at the start" if i == 0 else ("at the end" if i == len(parts) - 1 else "between two '>'")
             raise PqqpError(f"empty stage {where} of recipe {text!r}: write 'method:key=value > method:...'")
-    return Recipe(tuple(parse_stage(part, text) for part in parts))
+    stages = tuple(parse_stage(part, text) for part in parts)
+    for before, stage in zip(stages, stages[1:]):
+        if stage.kind == "transform" and before.kind != "transform":
+            raise PqqpError(
+                f"'{stage.canonical()}' follows '{before.canonical()}' in recipe {text!r}: a rotation would refill "
+                f"pruned weights and move quantized ones off their grid; accepted: rotations first, e.g. "
+                f"'{stage.canonical()} > {' > '.join(s.canonical() for s in stages if s is not stage)}'"
+            )
+    return Recipe(stages)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 CHARS = string.printable
 
@@ -28,6 +28,18 @@ def tiny_llama(seed: int = 0, layers: int = 2, hidden: int = 64, context: int = 
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context, use_cache=False,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def tiny_gemma3(seed: int = 0) -> Gemma3ForCausalLM:
+    """A Gemma 3 text model whose sliding-window and global layers get different masks and rotary bases."""
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=len(CHARS) + 1, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+        sliding_window=8, use_cache=False,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+    )
+    return Gemma3ForCausalLM(config).eval()
 
 
 @pytest.fixture

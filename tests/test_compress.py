@@ -14,6 +14,8 @@ from pqqp_bench.methods.prune import Magnitude, Wanda
 from pqqp_bench.methods.quantize import KV_ATTENTION, fake_quant_symmetric
 from pqqp_bench.spec import Recipe, parse_recipe
 
+from conftest import tiny_gemma3, tiny_llama
+
 
 def linear_weights(model) -> dict[str, torch.Tensor]:
     return {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
@@ -102,13 +104,18 @@ def test_quantize_then_prune_decides_on_quantized_activations(model, tokens) -> 
     assert not torch.allclose(got, unquantized, rtol=1e-3)
 
 
-def test_each_block_is_calibrated_on_the_outputs_of_the_compressed_blocks_before_it(model, tokens) -> None:
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gemma3], ids=["llama", "gemma3"])
+def test_each_block_is_calibrated_on_the_outputs_of_the_compressed_blocks_before_it(build, tokens) -> None:
+    model = build()
     seen: dict = {}
-    compress(model, Recipe((Probe(seen, p=0.5), parse_recipe("rtn:w=4,a=4").stages[0])), tokens, progress=False)
+    recipe = Recipe((Probe(seen, p=0.5), parse_recipe("rtn:w=4,a=4,kv=4").stages[0]))
+    compress(model, recipe, tokens, progress=False)
     with torch.no_grad():
-        hidden = model(tokens, output_hidden_states=True).hidden_states[1]  # output of compressed block 0
-        x = decoder_blocks(model)[1].input_layernorm(hidden)
-    assert torch.allclose(seen[1]["self_attn.q_proj"], x.pow(2).sum(dim=(0, 1)), rtol=1e-4)
+        hidden = model(tokens, output_hidden_states=True).hidden_states
+    blocks = decoder_blocks(model)
+    for index in range(1, len(blocks)):  # Gemma 3 alternates sliding-window and global attention blocks
+        x = blocks[index].input_layernorm(hidden[index])
+        assert torch.allclose(seen[index]["self_attn.q_proj"], x.pow(2).sum(dim=(0, 1)), rtol=1e-4), index
 
 
 def test_kv_quantization_acts_in_the_forward_pass(model, tokens) -> None:
@@ -121,8 +128,6 @@ def test_kv_quantization_acts_in_the_forward_pass(model, tokens) -> None:
 
 
 def test_kv_error_falls_as_bits_rise(tokens) -> None:
-    from conftest import tiny_llama
-
     dense = tiny_llama()(tokens[:2]).logits
     errors = []
     for bits in (2, 4, 8):

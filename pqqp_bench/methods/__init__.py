@@ -7,10 +7,14 @@ from typing import Mapping
 
 from ..errors import PqqpError
 from .base import B_ORIG, LayerWork, Method, Param
+from .gptq import GPTQ
 from .prune import Magnitude, Pruner, Wanda
 from .rtn import RTN, Quantizer
+from .sparsegpt import SparseGPT
 
-METHODS: Mapping[str, type[Method]] = MappingProxyType({m.name: m for m in (Magnitude, Wanda, RTN)})
+METHODS: Mapping[str, type[Method]] = MappingProxyType(
+    {m.name: m for m in (Magnitude, Wanda, SparseGPT, RTN, GPTQ)}
+)
 
 
 def method_class(name: str) -> type[Method]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import PqqpError
 
-Kind = Literal["prune", "quant"]
+Kind = Literal["prune", "quant", "transform"]
 Statistic = Literal["sqnorm", "hessian"]
 
 B_ORIG = 16  # the paper's reference precision: C_Q = B_orig / B_Q (§2)
@@ -61,7 +61,8 @@ class LayerWork:
     """One decoder block handed to the layer-scope methods of a recipe, in recipe order.
 
     `masks` holds the kept-weight masks (True = kept) that earlier pruning stages set: every later stage must
-    keep those weights at zero. `reference` holds each weight as it was when the block's pass started; pruning
+    keep those weights at zero. `grids` holds the weight grids (quantize.WeightGrid) that earlier quantization
+    stages chose: a later stage that changes weights must leave them on the grid. `reference` holds each weight as it was when the block's pass started; pruning
     breaks ties in its score by the reference magnitude, never by tensor index (design notes).
     """
 
@@ -73,15 +74,22 @@ class LayerWork:
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
     bits: dict[str, dict[str, int]] = field(default_factory=dict)
+    grids: dict[str, Any] = field(default_factory=dict)
     kv_bits: int | None = None
     seed: int = 0
 
 
 class Method:
-    """Base of every method; subclasses declare the class variables below."""
+    """Base of every method; subclasses declare the class variables below.
+
+    `scope` is "layer" for methods applied block by block inside the engine's calibration pass (`apply`), or
+    "model" for methods that need the whole model at once (`apply_model`: block removal, rotations).
+    A "transform" (a rotation) compresses nothing by itself: in a recipe it belongs to the method after it.
+    """
 
     name: ClassVar[str]
     kind: ClassVar[Kind]
+    scope: ClassVar[Literal["layer", "model"]] = "layer"
     granularity: ClassVar[str]
     needs_calibration: ClassVar[bool]
     statistic: ClassVar[Statistic | None] = None
@@ -133,6 +141,10 @@ class Method:
         return {"method": self.name, **{k: format_value(v) for k, v in self.values.items()}}
 
     def apply(self, work: LayerWork) -> None:
+        raise NotImplementedError
+
+    def apply_model(self, model: Any, calibration: torch.Tensor | None, device: torch.device, seed: int) -> dict:
+        """Model-scope methods: change the whole model; return what the report should record."""
         raise NotImplementedError
 
     def validate(self, linears: dict[str, nn.Linear]) -> None:

@@ -47,24 +47,82 @@ def grouped(weight: torch.Tensor, group: int | None) -> torch.Tensor:
     return weight.reshape(rows, cols // size, size)
 
 
-def mse_clip(groups: torch.Tensor, bits: int, grid: int = 40, max_shrink: float = 0.75, norm: float = 2.4) -> torch.Tensor:
-    """Per-group clip ratio in [1-max_shrink, 1] minimising the L_norm rounding error (the GPTQ/QuaRot `mse` search)."""
-    best_err = torch.full(groups.shape[:-1] + (1,), float("inf"), device=groups.device)
-    best = torch.ones_like(best_err)
-    for step in range(grid):
-        ratio = 1.0 - max_shrink * step / grid
-        err = (fake_quant_symmetric(groups, bits, ratio) - groups).abs().pow(norm).sum(dim=-1, keepdim=True)
+def levels(bits: int, symmetric: bool) -> tuple[int, int]:
+    """The smallest and largest integer level of a B-bit grid."""
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
+
+
+@dataclass
+class WeightGrid:
+    """The grid a quantizer chose for one [out, in] weight: a scale and zero point per (row, group).
+
+    `w_hat = (clamp(round(w / scale) + zero, qmin, qmax) - zero) * scale`; symmetric grids have zero = 0 and
+    levels -2^(B-1) .. 2^(B-1)-1, asymmetric ones 0 .. 2^B-1. A later stage that moves weights (SparseGPT's
+    updates after quantization) rounds them back onto this grid, and the engine checks that they are on it.
+    """
+
+    bits: int
+    scale: torch.Tensor  # [out, groups]
+    zero: torch.Tensor  # [out, groups]
+    group: int  # input columns per group (in_features for per-channel)
+    symmetric: bool = True
+
+    def columns(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and zero of input columns start..stop-1, as [out, stop-start]."""
+        index = torch.arange(start, stop, device=self.scale.device) // self.group
+        return self.scale[:, index], self.zero[:, index]
+
+    def round(self, weight: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Round the columns start..start+weight.shape[1]-1 of the weight onto the grid."""
+        scale, zero = self.columns(start, start + weight.shape[1])
+        q = (weight.float() / scale).round().add(zero).clamp(*levels(self.bits, self.symmetric))
+        return q.sub(zero).mul(scale).to(weight.dtype)
+
+    def holds(self, weight: torch.Tensor) -> bool:
+        """Whether every weight already lies on the grid (up to float rounding of the scale)."""
+        scale, _ = self.columns(0, weight.shape[1])
+        return bool(((self.round(weight) - weight).abs() <= 1e-4 * scale).all())
+
+
+def grid_at(groups: torch.Tensor, bits: int, ratio: float, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero ([out, groups]) of the grid spanning `ratio` times each group's range."""
+    if symmetric:
+        scale = (groups.abs().amax(dim=-1) * ratio).clamp(min=TINY) / (2 ** (bits - 1) - 1)
+        return scale, torch.zeros_like(scale)
+    low = groups.amin(dim=-1).clamp(max=0) * ratio
+    high = groups.amax(dim=-1).clamp(min=0) * ratio
+    scale = (high - low).clamp(min=TINY) / (2**bits - 1)
+    return scale, (-low / scale).round()
+
+
+def clip_ratios(clip: str | float, steps: int = 40, max_shrink: float = 0.75) -> list[float]:
+    """Candidate clip ratios: the GPTQ/QuaRot `mse` grid search over [1 - max_shrink, 1], none, or one value."""
+    if clip == "mse":
+        return [1.0 - max_shrink * step / steps for step in range(steps)]
+    return [1.0] if clip == "none" else [float(clip)]
+
+
+def fit_grid(
+    weight: torch.Tensor, bits: int, group: int | None, clip: str | float = "mse", symmetric: bool = True, norm: float = 2.4
+) -> WeightGrid:
+    """Per (row, group), the clip ratio whose grid rounds the weights with the least L_norm error."""
+    weight = weight.float()
+    groups = grouped(weight, group)
+    best_err = torch.full(groups.shape[:-1], float("inf"), device=weight.device)
+    scale = torch.ones_like(best_err)
+    zero = torch.zeros_like(best_err)
+    for ratio in clip_ratios(clip):
+        s, z = grid_at(groups, bits, ratio, symmetric)
+        rounded = WeightGrid(bits, s, z, groups.shape[-1], symmetric).round(weight)
+        err = grouped(rounded - weight, group).abs().pow(norm).sum(dim=-1)
         better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best = torch.where(better, torch.full_like(best, ratio), best)
-    return best
+        best_err, scale, zero = torch.where(better, err, best_err), torch.where(better, s, scale), torch.where(better, z, zero)
+    return WeightGrid(bits, scale, zero, groups.shape[-1], symmetric)
 
 
 def quantize_weight(weight: torch.Tensor, bits: int, group: int | None, clip: str | float) -> torch.Tensor:
-    """Round-to-nearest of a [out, in] weight, per output channel or per group of input weights."""
-    groups = grouped(weight.float(), group)
-    ratio = mse_clip(groups, bits) if clip == "mse" else (1.0 if clip == "none" else float(clip))
-    return fake_quant_symmetric(groups, bits, ratio).reshape(weight.shape).to(weight.dtype)
+    """Round-to-nearest of a [out, in] weight onto its symmetric grid, per output channel or group."""
+    return fit_grid(weight, bits, group, clip).round(weight).to(weight.dtype)
 
 
 @dataclass(frozen=True)

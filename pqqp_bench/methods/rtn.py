@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import PqqpError
 from .base import B_ORIG, LayerWork, Method, Param, bits_or_none, clip_mode, positive_int_or_none, ratio_up_to_one
-from .quantize import ActivationFakeQuant, enable_kv_quant, quantize_weight
+from .quantize import ActivationFakeQuant, enable_kv_quant, fit_grid
 
 BITS = "an integer 2..16, or none"
 
@@ -71,6 +71,8 @@ class RTN(Quantizer):
 
     def quantize_weights(self, work: LayerWork) -> None:
         for name, linear in work.linears.items():
-            weight = quantize_weight(linear.weight.data, self.values["w"], self.values["g"], self.values["clip"])
+            grid = fit_grid(linear.weight.data, self.values["w"], self.values["g"], self.values["clip"])
+            weight = grid.round(linear.weight.data)
             mask = work.masks.get(name)
             linear.weight.data.copy_(weight if mask is None else weight * mask)
+            work.grids[name] = grid
