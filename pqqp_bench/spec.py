@@ -58,10 +58,15 @@ class Recipe:
         return ">".join("P" if s.kind == "prune" else "Q" for s in self.methods)
 
     def ratios(self) -> dict[str, float]:
-        """Nominal ratios (paper §2): C_P = 1/(1-p) with p summed over pruning stages, C_Q = B_orig/B of the
-        lowest weight precision, and the total memory ratio C_P * C_Q."""
-        sparsity = sum(s.sparsity for s in self.stages if s.kind == "prune")
-        prune = 1.0 / (1.0 - sparsity) if sparsity < 1.0 else float("inf")
+        """Nominal ratios (paper §2): C_P = 1/(1-p), C_Q = B_orig/B of the lowest weight precision, and the total
+        memory ratio C_P * C_Q. Weight pruners' ratios add up (each prunes p more of every row); block removal
+        (SLEB) multiplies, since the weight pruners then act on the blocks that are left."""
+        row = sum(s.sparsity for s in self.stages if s.kind == "prune" and s.scope == "layer")
+        kept = max(0.0, 1.0 - row)
+        for stage in self.stages:
+            if stage.kind == "prune" and stage.scope == "model":
+                kept *= 1.0 - stage.sparsity
+        prune = 1.0 / kept if kept > 0.0 else float("inf")
         quant = max((s.ratio() for s in self.stages if s.kind == "quant"), default=1.0)
         return {"prune": prune, "quant": quant, "total": prune * quant}
 

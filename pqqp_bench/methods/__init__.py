@@ -9,11 +9,13 @@ from ..errors import PqqpError
 from .base import B_ORIG, LayerWork, Method, Param
 from .gptq import GPTQ
 from .prune import Magnitude, Pruner, Wanda
+from .quarot import QuaRot
 from .rtn import RTN, Quantizer
+from .sleb import SLEB
 from .sparsegpt import SparseGPT
 
 METHODS: Mapping[str, type[Method]] = MappingProxyType(
-    {m.name: m for m in (Magnitude, Wanda, SparseGPT, RTN, GPTQ)}
+    {m.name: m for m in (Magnitude, Wanda, SparseGPT, SLEB, RTN, GPTQ, QuaRot)}
 )
 
 

@@ -143,7 +143,8 @@ class Method:
     def apply(self, work: LayerWork) -> None:
         raise NotImplementedError
 
-    def apply_model(self, model: Any, calibration: torch.Tensor | None, device: torch.device, seed: int) -> dict:
+    def apply_model(self, model: Any, calibration: torch.Tensor | None, device: torch.device, seed: int,
+                    progress: bool = True) -> dict:
         """Model-scope methods: change the whole model; return what the report should record."""
         raise NotImplementedError
 

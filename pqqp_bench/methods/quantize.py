@@ -144,11 +144,15 @@ class KVFakeQuant:
 
 
 def kv_fake_quant_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
-    """An attention function registered with transformers: quantizes K and V, then runs SDPA.
-
-    K is quantized after the rotary embedding, as a KV cache stores it; the function is selected by setting
-    the model config's attention implementation, so it also acts in lm-eval or generation.
+    """An attention function registered with transformers: rotates queries and keys (QuaRot's online
+    Hadamard, if the module carries one), quantizes K and V (if the module carries a KV quantizer), then
+    runs SDPA. K is quantized after RoPE and rotation, as a KV cache stores it. Selected through the model
+    config's attention implementation, so it also acts in lm-eval or generation.
     """
+    rotation: torch.Tensor | None = getattr(module, "pqqp_qk_rotation", None)
+    if rotation is not None:
+        rotation = rotation.to(query)
+        query, key = query @ rotation, key @ rotation
     kv: KVFakeQuant | None = getattr(module, "pqqp_kv", None)
     if kv is not None:
         key = fake_quant_asymmetric(key, kv.bits)
@@ -156,9 +160,14 @@ def kv_fake_quant_attention(module: nn.Module, query, key, value, attention_mask
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
-def enable_kv_quant(attention: nn.Module, config, bits: int) -> None:
-    """Quantize this attention module's KV cache at `bits`; switches the model to the KV-quant attention."""
+def enable_attention_function(config) -> None:
+    """Switch a model to the attention function above (registering it with transformers once)."""
     AttentionInterface.register(KV_ATTENTION, kv_fake_quant_attention)
     AttentionMaskInterface.register(KV_ATTENTION, sdpa_mask)
-    attention.pqqp_kv = KVFakeQuant(bits)
     config._attn_implementation = KV_ATTENTION
+
+
+def enable_kv_quant(attention: nn.Module, config, bits: int) -> None:
+    """Quantize this attention module's KV cache at `bits`."""
+    attention.pqqp_kv = KVFakeQuant(bits)
+    enable_attention_function(config)
