@@ -111,6 +111,7 @@ def main() -> None:
     model.config.use_cache = False
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     embed_before = model.get_input_embeddings().weight.detach().clone()
+    head_before = model.get_output_embeddings().weight.detach().clone()
     result: dict = {"side": "llm-compressor", "recipe": args.recipe, "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "transformers": transformers.__version__,
                     "attn_implementation": model.config._attn_implementation,
@@ -140,7 +141,7 @@ def main() -> None:
 
     result["census"] = weight_census(model, args.group)
     result["embedding_unchanged"] = bool(torch.equal(model.get_input_embeddings().weight.detach(), embed_before))
-    result["lm_head_zero_fraction"] = float((model.get_output_embeddings().weight == 0).float().mean())
+    result["lm_head_unchanged"] = bool(torch.equal(model.get_output_embeddings().weight.detach(), head_before))
     result["perplexity"] = perplexity(model, windows)
     with open(args.out, "w") as handle:
         json.dump(result, handle, indent=1)
