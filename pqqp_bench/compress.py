@@ -88,14 +88,17 @@ def input_statistics(linears: dict[str, nn.Linear], kind: str) -> Iterator[dict[
 
     `sqnorm`: sum over tokens of x_j^2 per input feature (Wanda's ||X_j||_2^2). `hessian`: X^T X (GPTQ's H/2).
     The hooks see the inputs after any activation fake-quant pre-hook, i.e. what the layer really computes on.
+    Linears fed the very same tensor (q/k/v, gate/up) share one computation.
     """
     stats: dict[str, torch.Tensor] = {}
+    last: list = [None, None]  # the last input tensor seen and its statistic (held, so its id cannot recur)
 
     def hook_for(name: str):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            value = (x * x).sum(dim=0) if kind == "sqnorm" else x.T @ x
-            stats[name] = stats[name] + value if name in stats else value
+            if args[0] is not last[0]:
+                x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+                last[:] = [args[0], (x * x).sum(dim=0) if kind == "sqnorm" else x.T @ x]
+            stats[name] = stats[name] + last[1] if name in stats else last[1].clone()
 
         return hook
 
@@ -103,6 +106,7 @@ def input_statistics(linears: dict[str, nn.Linear], kind: str) -> Iterator[dict[
     try:
         yield stats
     finally:
+        last.clear()
         for handle in handles:
             handle.remove()
 
