@@ -1,6 +1,6 @@
 """The default suite: one pruner and one quantizer in both orders on the embedded model (or `--pqqp-model`).
 
-    pytest suites/                                        # SmolLM2-135M on pydoc, about 7 minutes on 2 cores
+    pytest suites/                                        # SmolLM2-135M on pydoc, about 8 minutes on 2 idle cores
     pytest suites/ --pqqp-model meta-llama/Meta-Llama-3-8B --pqqp-corpus wikitext2 --pqqp-device cuda
 
 Every case asserts what must hold whatever the data: a finite metric and the requested compression achieved

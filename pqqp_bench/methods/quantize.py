@@ -52,6 +52,11 @@ def levels(bits: int, symmetric: bool) -> tuple[int, int]:
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
 
 
+def round_to_grid(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
+    """(clamp(round(x / scale) + zero) - zero) * scale, with scale and zero broadcast against x."""
+    return (x / scale).round().add(zero).clamp(*levels(bits, symmetric)).sub(zero).mul(scale)
+
+
 @dataclass
 class WeightGrid:
     """The grid a quantizer chose for one [out, in] weight: a scale and zero point per (row, group).
@@ -74,9 +79,12 @@ class WeightGrid:
 
     def round(self, weight: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Round the columns start..start+weight.shape[1]-1 of the weight onto the grid."""
+        if start == 0 and weight.shape[1] == self.scale.shape[1] * self.group:  # whole matrix: broadcast per group
+            groups = grouped(weight.float(), self.group)
+            rounded = round_to_grid(groups, self.scale.unsqueeze(-1), self.zero.unsqueeze(-1), self.bits, self.symmetric)
+            return rounded.reshape(weight.shape).to(weight.dtype)
         scale, zero = self.columns(start, start + weight.shape[1])
-        q = (weight.float() / scale).round().add(zero).clamp(*levels(self.bits, self.symmetric))
-        return q.sub(zero).mul(scale).to(weight.dtype)
+        return round_to_grid(weight.float(), scale, zero, self.bits, self.symmetric).to(weight.dtype)
 
     def holds(self, weight: torch.Tensor) -> bool:
         """Whether every weight already lies on the grid (up to float rounding of the scale)."""
@@ -113,8 +121,7 @@ def fit_grid(
     zero = torch.zeros_like(best_err)
     for ratio in clip_ratios(clip):
         s, z = grid_at(groups, bits, ratio, symmetric)
-        rounded = WeightGrid(bits, s, z, groups.shape[-1], symmetric).round(weight)
-        err = grouped(rounded - weight, group).abs().pow(norm).sum(dim=-1)
+        err = (round_to_grid(groups, s.unsqueeze(-1), z.unsqueeze(-1), bits, symmetric) - groups).abs().pow(norm).sum(dim=-1)
         better = err < best_err
         best_err, scale, zero = torch.where(better, err, best_err), torch.where(better, s, scale), torch.where(better, z, zero)
     return WeightGrid(bits, scale, zero, groups.shape[-1], symmetric)
