@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -187,31 +188,32 @@ def ours(args, workdir: Path, data: Path, folder: str, recipe: str, tag: str) ->
     return json.loads(out.read_text())
 
 
-def theirs(args, python: Path, workdir: Path, data: Path, folder: str, recipe: str) -> dict:
-    out = workdir / f"theirs-{recipe}.json"
+def theirs(args, python: Path, workdir: Path, data: Path, folder: str, recipe: str, seed: int) -> dict:
+    out = workdir / f"theirs-{recipe}-seed{seed}.json"
     command = [str(python), str(SIDE_SCRIPT), "--model", folder, "--data", str(data), "--recipe", recipe,
                "--out", str(out), "--threads", str(args.threads), "--sparsity", str(args.sparsity),
                "--bits", str(args.bits), "--group", str(args.group), "--block", str(args.block),
                "--damp", str(args.damp), "--actorder", args.actorder]
-    run_process(command, workdir / f"theirs-{recipe}.log", args.threads, args.timeout)
+    run_process(command, workdir / f"theirs-{recipe}-seed{seed}.log", args.threads, args.timeout)
     return json.loads(out.read_text())
 
 
-def prepare_inputs(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
+def prepare_inputs(args: argparse.Namespace, seed: int, workdir: Path) -> tuple[Path, str]:
+    """Draw the calibration samples (by `seed`) and evaluation windows once; save them for both sides."""
     import torch
 
     from pqqp_bench.experiment import Experiment, Settings
 
-    experiment = Experiment(Settings(model=args.model, corpus=args.corpus, seqlen=args.seqlen,
-                                     calib_samples=args.calib_samples, eval_tokens=args.eval_windows * args.seqlen, seed=args.seed,
-                                     device="cpu", progress=False))
+    settings = Settings(model=args.model, corpus=args.corpus, seqlen=args.seqlen, calib_samples=args.calib_samples,
+                        eval_tokens=args.eval_windows * args.seqlen, seed=seed, device="cpu", progress=False)
+    experiment = Experiment(settings)
     folder = experiment.loaded.model.name_or_path
     if not Path(folder, "config.json").exists():
         raise SystemExit(f"model {args.model!r} is not a local folder ({folder}): both sides need the same local folder")
-    data = workdir / "inputs.pt"
+    data = workdir / f"inputs-seed{seed}.pt"
     torch.save({"calibration": experiment.calibration.clone(), "windows": experiment.windows.clone()}, data)
     log(f"inputs: model folder {folder}; calibration {list(experiment.calibration.shape)}, "
-        f"windows {list(experiment.windows.shape)} ({args.corpus}, seed {args.seed}) -> {data}")
+        f"windows {list(experiment.windows.shape)} ({args.corpus}, seed {seed}) -> {data}")
     return data, folder
 
 
@@ -219,37 +221,62 @@ def seconds(result: dict) -> float | None:
     return result.get("compress_seconds")
 
 
+def geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def mean(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else sum(values) / len(values)
+
+
 def table(rows: list[dict]) -> str:
+    """One row per recipe; over several seeds: geometric-mean perplexity, mean time and zeros."""
     from tabulate import tabulate
 
-    def ratio(a, b):
-        return None if a is None or b is None or not b else a / b
-
-    def pct(x):
-        return f"{100 * x:.2f}%"
+    def fmt(x, spec):
+        return "-" if x is None else format(x, spec)
 
     body = []
     for row in rows:
-        o, t = row["ours"], row["theirs"]
-        po, pt = o["perplexity"]["ppl"], t["perplexity"]["ppl"]
-        so, st = seconds(o), seconds(t)
-        body.append([row["label"], f"{po:.4f}", f"{pt:.4f}", f"{po / pt:.4f}",
-                     "-" if so is None else f"{so:.1f}", "-" if st is None else f"{st:.1f}",
-                     "-" if ratio(so, st) is None else f"{ratio(so, st):.3f}",
-                     pct(o["census"]["zero_fraction"]), pct(t["census"]["zero_fraction"])])
+        po = geomean([r["perplexity"]["ppl"] for r in row["ours"]])
+        pt = geomean([r["perplexity"]["ppl"] for r in row["theirs"]])
+        so, st = mean([seconds(r) for r in row["ours"]]), mean([seconds(r) for r in row["theirs"]])
+        zo = mean([r["census"]["zero_fraction"] for r in row["ours"]])
+        zt = mean([r["census"]["zero_fraction"] for r in row["theirs"]])
+        body.append([row["label"], f"{po:.4f}", f"{pt:.4f}", f"{po / pt:.4f}", fmt(so, ".1f"), fmt(st, ".1f"),
+                     fmt(so / st if so is not None and st else None, ".3f"), f"{100 * zo:.2f}%", f"{100 * zt:.2f}%"])
     headers = ["recipe", "ppl ours", "ppl theirs", "ppl ratio", "time ours s", "time theirs s", "time ratio",
                "zeros ours", "zeros theirs"]
     return tabulate(body, headers=headers, disable_numparse=True)
 
 
+def per_seed_table(rows: list[dict], seeds: list[int]) -> str:
+    from tabulate import tabulate
+
+    body = [[row["label"]] + [f"{o['perplexity']['ppl']:.3f} / {t['perplexity']['ppl']:.3f}"
+                              for o, t in zip(row["ours"], row["theirs"])] for row in rows]
+    return tabulate(body, headers=["recipe"] + [f"seed {s}: ppl ours / theirs" for s in seeds], disable_numparse=True)
+
+
+def provenance() -> str:
+    """The pqqp_bench commit and whether the package differs from it (others may edit it during a run)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pqqp_bench"], cwd=HERE.parent,
+                               capture_output=True, text=True).stdout
+        return f"pqqp_bench at {head.strip() or '?'}{' + local changes' if dirty.strip() else ''}"
+    except OSError:
+        return "pqqp_bench commit unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m", help="pqqp model name or local folder (both sides load its folder)")
+    parser.add_argument("--model", default="smollm2-135m", help="pqqp model name or local folder (both sides load it)")
     parser.add_argument("--corpus", default="pydoc")
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--eval-windows", type=int, default=16, help="evaluation windows of seqlen tokens")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma list of calibration-sampling seeds; the table averages")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on both sides (0: torch's default)")
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--bits", type=int, default=4)
@@ -258,10 +285,11 @@ def main() -> None:
     parser.add_argument("--damp", type=float, default=0.01)
     parser.add_argument("--actorder", default="default", help="llm-compressor's GPTQ actorder (default: its own, static)")
     parser.add_argument("--recipes", default="dense,sparsegpt,gptq,joint", help="comma list of dense,sparsegpt,gptq,joint")
-    parser.add_argument("--variants", default="all", help="our GPTQ variants: all, or a comma list of matched,clip=none,default")
+    parser.add_argument("--variants", default="all", help="our GPTQ variants: all, or a comma list of "
+                        "matched,clip=none,default")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--llmcompressor-version", default=LLMCOMPRESSOR_VERSION)
-    parser.add_argument("--workdir", type=Path, default=None, help="where inputs, logs and per-run JSON go (default: a temp dir)")
+    parser.add_argument("--workdir", type=Path, default=None, help="inputs, logs and per-run JSON (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="write every run's result here")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     # worker mode (internal): run one of our recipes and write its JSON
@@ -275,53 +303,58 @@ def main() -> None:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pqqp-vs-llmcompressor-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
     plan = recipes(args)
     python = ensure_venv(args.venv.expanduser(), args.llmcompressor_version)
     versions = venv_versions(python)
-    log(f"llm-compressor venv {args.venv}: {versions}")
-    data, folder = prepare_inputs(args, workdir)
+    log(f"llm-compressor venv {args.venv}: {versions}; {provenance()}")
 
-    rows, runs = [], []
+    rows: dict[str, dict] = {}
     load = [os.getloadavg()[0]]
-    for name, entry in plan.items():
-        their_result = None
-        for index, (label, recipe) in enumerate(entry["ours"].items()):
-            tag = f"{name}-{index}"
-            log(f"ours   {recipe}")
-            our_result = ours(args, workdir, data, folder, recipe, tag)
-            log(f"       ppl {our_result['perplexity']['ppl']:.4f}, compress {seconds(our_result) or 0:.1f} s, "
-                f"zeros {our_result['census']['zero_fraction']:.4f}, load {os.getloadavg()[0]:.1f}")
-            if their_result is None:  # right after our first (like-for-like) variant: alternate
-                log(f"theirs {entry['theirs']}")
-                their_result = theirs(args, python, workdir, data, folder, entry["theirs"])
-                log(f"       ppl {their_result['perplexity']['ppl']:.4f}, oneshot {seconds(their_result) or 0:.1f} s, "
-                    f"zeros {their_result['census']['zero_fraction']:.4f}, load {os.getloadavg()[0]:.1f}")
-                runs.append(their_result)
-            runs.append(our_result)
-            rows.append({"label": f"{name} {label}".strip(), "ours": our_result, "theirs": their_result})
-            load.append(os.getloadavg()[0])
+    for seed in seeds:
+        data, folder = prepare_inputs(args, seed, workdir)
+        for name, entry in plan.items():
+            their_result = None
+            for index, (label, recipe) in enumerate(entry["ours"].items()):
+                tag = f"{name}-{index}-seed{seed}"
+                log(f"ours   {recipe}")
+                our_result = ours(args, workdir, data, folder, recipe, tag)
+                log(f"       ppl {our_result['perplexity']['ppl']:.4f}, compress {seconds(our_result) or 0:.1f} s, "
+                    f"zeros {our_result['census']['zero_fraction']:.4f}, load {os.getloadavg()[0]:.1f}")
+                if their_result is None:  # right after our first (like-for-like) variant: alternate
+                    log(f"theirs {entry['theirs']}")
+                    their_result = theirs(args, python, workdir, data, folder, entry["theirs"], seed)
+                    log(f"       ppl {their_result['perplexity']['ppl']:.4f}, oneshot {seconds(their_result) or 0:.1f} s,"
+                        f" zeros {their_result['census']['zero_fraction']:.4f}, load {os.getloadavg()[0]:.1f}")
+                row = rows.setdefault(f"{name} {label}".strip(), {"label": f"{name} {label}".strip(), "recipe": recipe,
+                                                                   "ours": [], "theirs": []})
+                row["ours"].append(our_result)
+                row["theirs"].append(their_result)
+                load.append(os.getloadavg()[0])
 
-    print()
     import torch
     import transformers
 
-    print(f"pqqp-bench (transformers {transformers.__version__}, torch {torch.__version__}) vs llm-compressor "
-          f"{versions['llmcompressor']} (compressed-tensors {versions['compressed-tensors']}, transformers "
-          f"{versions['transformers']}, torch {versions['torch']}); model folder {folder}")
-    print(f"calibration {args.calib_samples} x {args.seqlen}, evaluation {args.eval_windows} x {args.seqlen} "
-          f"tokens ({args.corpus}); {args.threads or 'default'} torch thread(s) per side; each run its own process, "
-          f"alternating ours/theirs per recipe; 1-minute load average {min(load):.1f}..{max(load):.1f} during the runs")
-    print(table(rows))
+    print()
+    print(f"pqqp-bench (transformers {transformers.__version__}, torch {torch.__version__}; {provenance()}) vs "
+          f"llm-compressor {versions['llmcompressor']} (compressed-tensors {versions['compressed-tensors']}, "
+          f"transformers {versions['transformers']}, torch {versions['torch']}); model folder {folder}")
+    print(f"calibration {args.calib_samples} x {args.seqlen} (seeds {args.seeds}), evaluation {args.eval_windows} x "
+          f"{args.seqlen} tokens ({args.corpus}); {args.threads or 'default'} torch thread(s) per side; each run its own "
+          f"process, alternating ours/theirs per recipe; 1-minute load average {min(load):.1f}..{max(load):.1f}")
+    print(table(list(rows.values())))
     print("ppl ratio = ours / theirs (target <= 1.01); time ratio = ours compress() / their oneshot() (target <= 1.0); "
-          "zeros = zero fraction of the decoder Linear weights")
-    for row in rows:
+          "zeros = zero fraction of the decoder Linear weights" + ("; over seeds: geometric-mean ppl, mean time and "
+                                                                   "zeros" if len(seeds) > 1 else ""))
+    if len(seeds) > 1:
+        print(per_seed_table(list(rows.values()), seeds))
+    for row in rows.values():
         for side in ("ours", "theirs"):
-            r = row[side]
-            if not (r["embedding_unchanged"] and r["lm_head_unchanged"]):
+            if not all(r["embedding_unchanged"] and r["lm_head_unchanged"] for r in row[side]):
                 print(f"warning: {row['label']} {side}: embeddings/lm_head changed")
     if args.json:
         args.json.write_text(json.dumps({"versions": versions, "settings": {k: str(v) for k, v in vars(args).items()},
-                                         "rows": rows}, indent=1))
+                                         "rows": list(rows.values())}, indent=1))
         log(f"results -> {args.json}")
     log(f"logs and per-run JSON in {workdir}")
 
