@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -23,25 +24,34 @@ from .models import available_models
 from .spec import parse_recipe
 
 
+SUITE_KEYS = ("corpus", "seqlen", "calib_samples", "eval_tokens", "holdout", "batch_size", "device")
+GRID_FLAGS = ("pruners", "quantizers", "ratios", "bits", "orders", "curve_bits", "seeds", "max_ppl_ratio")
+
+
+def default_store() -> str:
+    return os.environ.get("PQQP_STORE", "results/pqqp.sqlite")
+
+
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     d = Settings()
-    parser.add_argument("--model", default=d.model, help=f"embedded name, HF hub id, HF folder or .gguf file (default {d.model})")
-    parser.add_argument("--corpus", default=d.corpus, help=f"pydoc, austen, wikitext2, or a .txt/.jsonl path (default {d.corpus})")
-    parser.add_argument("--seqlen", type=int, default=d.seqlen, help=f"tokens per calibration sample and evaluation window (default {d.seqlen})")
-    parser.add_argument("--calib-samples", type=int, default=d.calib_samples, help=f"calibration windows (default {d.calib_samples})")
-    parser.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help=f"evaluation tokens, cut into windows of seqlen (default {d.eval_tokens})")
-    parser.add_argument("--holdout", type=float, default=d.holdout, help=f"fraction of the corpus held out for evaluation (default {d.holdout})")
-    parser.add_argument("--seed", type=int, default=d.seed, help=f"seed of calibration sampling and randomised methods (default {d.seed})")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"evaluation windows per forward pass (default {d.batch_size})")
-    parser.add_argument("--device", default=d.device, help="auto (cuda if present), cpu, cuda, cuda:N (default auto)")
+    parser.add_argument("--model", default=None, help=f"embedded name, HF hub id, HF folder or .gguf file (default {d.model})")
+    parser.add_argument("--corpus", default=None, help=f"pydoc, austen, wikitext2, or a .txt/.jsonl path (default {d.corpus})")
+    parser.add_argument("--seqlen", type=int, default=None, help=f"tokens per calibration sample and evaluation window (default {d.seqlen})")
+    parser.add_argument("--calib-samples", type=int, default=None, help=f"calibration windows (default {d.calib_samples})")
+    parser.add_argument("--eval-tokens", type=int, default=None, help=f"evaluation tokens, cut into windows of seqlen (default {d.eval_tokens})")
+    parser.add_argument("--holdout", type=float, default=None, help=f"fraction of the corpus held out for evaluation (default {d.holdout})")
+    parser.add_argument("--seed", type=int, default=None, help=f"seed of calibration sampling and randomised methods (default {d.seed})")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"evaluation windows per forward pass (default {d.batch_size})")
+    parser.add_argument("--device", default=None, help="auto (cuda if present), cpu, cuda, cuda:N (default auto)")
     parser.add_argument("--cache-dir", default=None, help="where converted models are cached (default $PQQP_CACHE_DIR or ~/.cache/pqqp-bench)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    values = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
-    return Settings(**values, progress=not args.no_progress)
+    """Settings from the flags given; a flag left out keeps the Settings default."""
+    values = {f.name: getattr(args, f.name) for f in fields(Settings) if getattr(args, f.name, None) is not None}
+    return Settings(**{**values, "trust_remote_code": args.trust_remote_code}, progress=not args.no_progress)
 
 
 def describe(case: CaseResult) -> str:
@@ -60,7 +70,60 @@ def describe(case: CaseResult) -> str:
     )
 
 
+def command_suite(args: argparse.Namespace) -> int:
+    """`pqqp run --suite FILE`: the grid `pytest suites/` runs, without pytest, through the same store."""
+    from tqdm.auto import tqdm
+
+    from .measure import Bench
+    from .report import full_report
+    from .store import Store
+    from .suite import load_suite
+
+    given = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
+    overrides = {k: v for k, v in given.items() if v is not None and k in SUITE_KEYS}
+    if given.get("model") is not None:
+        overrides["models"] = given["model"]
+    if given.get("seed") is not None:
+        overrides["seeds"] = str(given["seed"])
+    suite = load_suite(args.suite, **overrides, **{k: getattr(args, k) for k in GRID_FLAGS if getattr(args, k) is not None})
+    with Store(args.store) as store:
+        bench = Bench(suite, store, refresh=args.refresh, progress=not args.no_progress, cache_dir=args.cache_dir,
+                      trust_remote_code=args.trust_remote_code)
+        cases = suite.cases()
+        print(f"suite {suite.name} ({suite.source}): {len(cases)} cases x {len(suite.seeds)} seed(s); store {args.store}",
+              flush=True)
+        bar = tqdm(cases, desc="cases", unit="case", disable=args.no_progress)
+        for index, case in enumerate(bar, 1):
+            for m in bench.measure_case(case):
+                took = m.details["seconds"]
+                bar.write(f"[{index}/{len(cases)}] {case.model}  {case.recipe}  ppl {m.value:.4f}  "
+                          f"(compress {took.get('compress', 0):.1f} s, evaluate {took.get('evaluate', 0):.1f} s)")
+        print("\n" + full_report(Bench(suite, store, lookup_only=True, cache_dir=args.cache_dir)))
+        if args.json:
+            count = store.export_json(args.json)
+            print(f"\n{count} stored measurements written to {args.json}")
+    return 0
+
+
+def command_export(args: argparse.Namespace) -> int:
+    from .store import Store
+
+    if not Path(args.store).is_file():
+        raise PqqpError(f"store {args.store!r} does not exist: accepted an existing results store (pqqp run --suite ...)")
+    with Store(args.store) as store:
+        for path, write in ((args.json, store.export_json), (args.csv, store.export_csv)):
+            if path:
+                print(f"{write(path)} measurements written to {path}")
+    return 0
+
+
 def command_run(args: argparse.Namespace) -> int:
+    if args.suite:
+        if args.recipe:
+            raise PqqpError("give --suite or --recipe, not both: a suite names its own recipes")
+        return command_suite(args)
+    if not args.recipe:
+        raise PqqpError("nothing to run: give --recipe RECIPE (repeatable) or --suite FILE.yaml")
     recipes = [parse_recipe(text) for text in args.recipe]  # fail on a bad recipe before loading anything
     if args.both_orders:
         recipes += [r.reversed() for r in recipes if len(r.stages) > 1 and r.reversed() not in recipes]
@@ -112,13 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pqqp-bench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="compress with recipes and measure perplexity")
-    run.add_argument("--recipe", action="append", required=True,
+    run.add_argument("--recipe", action="append",
                      help="an ordered recipe, e.g. 'wanda:p=0.3 > rtn:w=4,a=4,kv=4' (repeatable; 'dense' for none)")
+    run.add_argument("--suite", help="run a suite's whole grid (e.g. suites/default.yaml) through the results store")
+    run.add_argument("--store", default=default_store(), help="results store of --suite (default $PQQP_STORE or results/pqqp.sqlite)")
+    run.add_argument("--refresh", action="store_true", help="with --suite: recompute stored measurements")
+    for flag in GRID_FLAGS:
+        run.add_argument(f"--{flag.replace('_', '-')}", default=None, help=f"with --suite: override the suite's {flag}")
     run.add_argument("--both-orders", action="store_true", help="also run each multi-stage recipe in reverse order")
     run.add_argument("--dense", action="store_true", help="also measure the dense model")
     run.add_argument("--json", help="write every result to this JSON file")
     add_settings_arguments(run)
     run.set_defaults(func=command_run)
+    export = sub.add_parser("export", help="write a results store's measurements to JSON and/or CSV")
+    export.add_argument("--store", default=default_store(), help="the results store (default $PQQP_STORE or results/pqqp.sqlite)")
+    export.add_argument("--json", help="write a JSON list here")
+    export.add_argument("--csv", help="write a CSV table here")
+    export.set_defaults(func=command_export)
     for name, func, text in (("models", command_models, "list the embedded models"),
                              ("corpora", command_corpora, "list the corpora and why one is missing"),
                              ("methods", command_methods, "list the compression methods and their parameters")):

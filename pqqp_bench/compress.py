@@ -154,12 +154,12 @@ def segments(stages: tuple[Method, ...]) -> list[tuple[Method, ...]]:
 
 
 def block_work(block: nn.Module, index: int, works: dict[int, LayerWork], seed: int) -> LayerWork:
-    """The block's LayerWork, kept across passes so that masks, grids and bits set earlier stay in force."""
+    """The block's LayerWork, kept across passes so that masks, grids and bits set earlier stay in force
+    (its `reference` weights are set by `layer_pass` for the length of the block's pass)."""
     work = works.get(id(block))
     if work is None:
         linears = block_linears(block)
-        work = LayerWork(index, block, linears, block_attention(block),
-                         reference={n: lin.weight.data.clone() for n, lin in linears.items()}, seed=seed)
+        work = LayerWork(index, block, linears, block_attention(block), reference={}, seed=seed)
         works[id(block)] = work
     work.index = index
     return work
@@ -186,7 +186,9 @@ def layer_pass(
     for index, block in enumerate(tqdm(blocks, desc=f"compress {label}", disable=not progress, unit="block", leave=False)):
         block.to(device)
         work = block_work(block, index, works, seed)
+        work.reference = {n: lin.weight.data.clone() for n, lin in work.linears.items()}
         compress_block(work, stages, inputs, calls[index], seconds)
+        work.reference = {}  # held for the block's pass only: kept for every block it would cost a model copy
         if needs_inputs and index + 1 < len(blocks):
             start = time.perf_counter()
             inputs = run_block(block, inputs, calls[index])

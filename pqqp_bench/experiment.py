@@ -98,19 +98,35 @@ class Experiment:
         if settings.seqlen < 2:
             raise PqqpError(f"seqlen={settings.seqlen} is too short: accepted 2..{context or 'the model context'}")
         self.corpus: Corpus = load_corpus(settings.corpus, self.loaded.tokenizer, settings.holdout)
-        self.calibration = self.corpus.calibration_samples(settings.calib_samples, settings.seqlen, settings.seed)
+        self.calibrations: dict[int, torch.Tensor] = {}
+        self.calibration_for(settings.seed)  # a corpus too small for the samples fails here, before any work
         self.windows = self.corpus.evaluation_windows(settings.seqlen, settings.eval_tokens)
         self.load_seconds = time.perf_counter() - start
 
-    def run(self, recipe: Recipe | str) -> CaseResult:
-        """Compress a fresh copy of the dense model with `recipe` and measure its perplexity."""
+    @property
+    def calibration(self) -> torch.Tensor:
+        """The calibration samples of the settings' seed."""
+        return self.calibration_for(self.settings.seed)
+
+    def calibration_for(self, seed: int) -> torch.Tensor:
+        """The calibration samples drawn with `seed` ([calib_samples, seqlen]), drawn once per seed."""
+        if seed not in self.calibrations:
+            s = self.settings
+            self.calibrations[seed] = self.corpus.calibration_samples(s.calib_samples, s.seqlen, seed)
+        return self.calibrations[seed]
+
+    def run(self, recipe: Recipe | str, seed: int | None = None) -> CaseResult:
+        """Compress a fresh copy of the dense model with `recipe` and measure its perplexity.
+
+        `seed` (default: the settings' seed) draws the calibration samples and seeds randomised methods, so
+        one loaded experiment serves every seed of a grid."""
         recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
+        seed = self.settings.seed if seed is None else seed
         model = copy.deepcopy(self.loaded.model) if recipe.stages else self.loaded.model
-        torch.manual_seed(self.settings.seed)
+        torch.manual_seed(seed)
         start = time.perf_counter()
-        report = compress(
-            model, recipe, self.calibration, device=self.device, seed=self.settings.seed, progress=self.settings.progress
-        )
+        report = compress(model, recipe, self.calibration_for(seed), device=self.device, seed=seed,
+                          progress=self.settings.progress)
         compress_seconds = time.perf_counter() - start
         ppl = perplexity(model, self.windows, batch_size=self.settings.batch_size, progress=self.settings.progress)
         del model

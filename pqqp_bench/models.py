@@ -14,9 +14,10 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import PqqpError
 from .paths import default_cache_dir
@@ -176,10 +177,31 @@ def load_model(
         ) from None
     model.eval().to(device)
     model.config.use_cache = False
-    fingerprint = folder_fingerprint(Path(location)) if Path(location).is_dir() else str(
-        getattr(model.config, "_commit_hash", "") or name
-    )
-    return LoadedModel(name, model, tokenizer, source, fingerprint)
+    return LoadedModel(name, model, tokenizer, source, location_fingerprint(location, model.config))
+
+
+def location_fingerprint(location: str, config: Any) -> str:
+    """A folder's cheap fingerprint, or a hub model's commit hash (its name where the hub gave none)."""
+    if Path(location).is_dir():
+        return folder_fingerprint(Path(location))
+    return str(getattr(config, "_commit_hash", "") or location)
+
+
+def model_fingerprint(name: str, *, cache_dir: Path | None = None, trust_remote_code: bool = False) -> str:
+    """The fingerprint `load_model(name).fingerprint` would give, without loading the weights.
+
+    The results store keys every measurement by it, so a run whose measurements are all stored never loads
+    the model. A hub model's config is read (from the local cache when offline) for its commit hash.
+    """
+    location, source = resolve(name, Path(cache_dir) if cache_dir else default_cache_dir())
+    if Path(location).is_dir():
+        return folder_fingerprint(Path(location))
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PqqpError(f"cannot read the config of model {name!r} ({source}): {reason}") from None
+    return location_fingerprint(location, config)
 
 
 def available_models() -> list[tuple[str, str, str]]:

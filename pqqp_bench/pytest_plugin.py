@@ -1,115 +1,188 @@
-"""The pytest plugin (registered through the `pytest11` entry point): options and session fixtures.
+"""The pytest plugin (registered through the `pytest11` entry point): the grid as parametrized tests.
 
-Every experiment setting has a `--pqqp-*` option; the fixtures build the experiment (model, corpus,
-calibration samples, evaluation windows) once per session. Heavy imports happen inside the fixtures, so the
-plugin costs nothing in test sessions that do not use it.
+A suite YAML (`--pqqp-suite`, default `suites/default.yaml` under the rootdir) names the grid; every key of it
+has a `--pqqp-*` option that overrides it. Test functions ask for one of three parameters and are
+parametrized over the grid with readable ids:
+
+* `pqqp_case`: one measurement (dense, a method alone, a joint recipe in one order), e.g.
+  `smollm2-135m-sparsegpt:p=0.2-rtn:w=4,a=4,kv=4-Q>P`;
+* `pqqp_hypothesis`: Hypothesis 1 for one (model, pruner, quantizer, p), e.g. `smollm2-135m-wanda:p=0.3-rtn`;
+* `pqqp_interference`: Table 1 for one pruner (suites with `interference: true`).
+
+Session fixtures: `pqqp_suite`, `pqqp_store` (the results store, `--pqqp-store`), `pqqp_bench` (measures
+through the store, so nothing is computed twice, across tests, sessions and xdist workers) and
+`pqqp_experiment` (the model and corpus, loaded once). Heavy imports happen inside the fixtures, so the
+plugin costs nothing in sessions that do not use it.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
-from typing import TYPE_CHECKING, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
 if TYPE_CHECKING:
-    from .experiment import CaseResult, Experiment, Settings
+    from .experiment import Experiment
+    from .measure import Bench
+    from .store import Store
+    from .suite import Suite
 
-RESULTS = pytest.StashKey[dict]()
+SUITE = pytest.StashKey["Suite"]()
+SLOW_METHODS = ("sparsegpt", "gptq", "sleb")
 
-OPTIONS = {
-    "model": "model: embedded name, HF hub id, HF folder or .gguf file",
+# option -> help; each overrides the suite key of the same name (lists: comma-separated; templates with
+# parameters: separated by ';')
+GRID_OPTIONS = {
+    "models": "models: embedded name, HF hub id, HF folder or .gguf file (comma-separated)",
     "corpus": "corpus: pydoc, austen, wikitext2, or a .txt/.jsonl path",
     "seqlen": "tokens per calibration sample and evaluation window",
     "calib_samples": "number of calibration windows",
     "eval_tokens": "evaluation tokens (cut into windows of seqlen)",
     "holdout": "fraction of the corpus held out for evaluation",
-    "seed": "seed of calibration sampling and randomised methods",
+    "seeds": "calibration seeds, e.g. 0,1,2 (noise from seeds)",
     "batch_size": "evaluation windows per forward pass",
     "device": "auto, cpu, cuda, cuda:N",
-    "cache_dir": "where converted models are cached",
+    "pruners": "pruner templates, e.g. wanda,sparsegpt (';' between templates with parameters)",
+    "quantizers": "quantizer templates, e.g. 'rtn;quarot > gptq:g=64'",
+    "ratios": "pruning ratios p, e.g. 0.1,0.2,0.3",
+    "bits": "bit widths B of the joint grid (W, A, KV at B), e.g. 4,6,8",
+    "quantize": "what the quantizer quantizes at B bits: a subset of w,a,kv",
+    "orders": "orders to run: P>Q, Q>P",
+    "curve_bits": "bit widths of the quantization curve the CER interpolates on",
+    "max_ppl_ratio": "practical regime: points with a ppl above this multiple of dense are reported, not tested",
+    "noise_sigmas": "a monotonicity violation must exceed this many standard errors of the A difference",
+    "bootstrap": "paired-bootstrap resamples for the noise of A",
 }
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    from .experiment import Settings
-
-    defaults = Settings()
     group = parser.getgroup("pqqp", "pqqp-bench: compression-order benchmark")
-    for name, text in OPTIONS.items():
-        default = getattr(defaults, name)
-        group.addoption(
-            f"--pqqp-{name.replace('_', '-')}",
-            dest=f"pqqp_{name}",
-            default=None,
-            type=type(default) if default is not None else str,
-            help=f"{text} (default {default})",
-        )
+    group.addoption("--pqqp-suite", default=None, help="suite YAML (default: suites/default.yaml under the rootdir)")
+    aliases = {"models": ["--pqqp-model"], "seeds": ["--pqqp-seed"]}
+    for name, text in GRID_OPTIONS.items():
+        group.addoption(f"--pqqp-{name.replace('_', '-')}", *aliases.get(name, []), dest=f"pqqp_{name}",
+                        default=None, help=f"{text} (default: the suite's)")
+    group.addoption("--pqqp-store", default=None,
+                    help="results store, SQLite (default: $PQQP_STORE or results/pqqp.sqlite under the rootdir)")
+    group.addoption("--pqqp-refresh", action="store_true", default=False,
+                    help="recompute (and replace) stored measurements instead of reusing them")
+    group.addoption("--pqqp-cache-dir", default=None, help="where converted models are cached")
     group.addoption("--pqqp-trust-remote-code", action="store_true", default=False,
                     help="allow model code from the hub (off by default)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "pqqp: a case of the pqqp-bench compression-order grid")
-    config.stash[RESULTS] = {}
+    config.addinivalue_line("markers", "pqqp: a test of the pqqp-bench compression-order grid")
+    config.addinivalue_line("markers", "pqqp_case: one measurement of the grid (a recipe on a model)")
+    config.addinivalue_line("markers", "pqqp_hypothesis: a hypothesis verdict over measured points")
+    config.addinivalue_line("markers", "slow: calibration-heavy (sparsegpt, gptq, sleb): minutes on a CPU")
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    """A table of every case measured in this session."""
-    results = config.stash.get(RESULTS, {})
-    if not results:
+def suite_of(config: pytest.Config) -> "Suite":
+    """The session's suite: the YAML with the command-line overrides, read once."""
+    if SUITE not in config.stash:
+        from .errors import PqqpError
+        from .suite import load_suite
+
+        path = config.getoption("pqqp_suite") or Path(config.rootpath) / "suites" / "default.yaml"
+        overrides = {name: config.getoption(f"pqqp_{name}") for name in GRID_OPTIONS}
+        try:
+            config.stash[SUITE] = load_suite(path, **overrides)
+        except PqqpError as exc:
+            raise pytest.UsageError(f"pqqp: {exc}") from None
+    return config.stash[SUITE]
+
+
+def marks_for(recipe) -> list:
+    slow = any(s.name in SLOW_METHODS for s in recipe.stages)
+    return [pytest.mark.pqqp, *([pytest.mark.slow] if slow else [])]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    names = metafunc.fixturenames
+    if not any(n in names for n in ("pqqp_case", "pqqp_hypothesis", "pqqp_interference")):
         return
-    from tabulate import tabulate
-
-    rows = []
-    for case in results.values():
-        achieved = case.report.achieved()
-        bits = " ".join(f"{k.upper()}{achieved[f'{k}_bits']}" for k in ("w", "a", "kv") if achieved[f"{k}_bits"])
-        rows.append((case.recipe, case.order or "-", f"{achieved['sparsity']:.3f}", bits or "-",
-                     f"{achieved['total']:.2f}", f"{case.perplexity.ppl:.4f}", f"{case.seconds['compress']:.1f}",
-                     f"{case.seconds['evaluate']:.1f}"))
-    first = next(iter(results.values())).perplexity
-    terminalreporter.write_sep("=", f"pqqp-bench cases ({first.convention}, {first.windows} x {first.seqlen} tokens)")
-    terminalreporter.write_line(tabulate(
-        rows, headers=["recipe", "order", "sparsity", "bits", "C total", "ppl", "compress s", "eval s"]))
+    suite = suite_of(metafunc.config)
+    if "pqqp_case" in names:
+        metafunc.parametrize("pqqp_case", [pytest.param(c, id=c.id, marks=[*marks_for(c.recipe), pytest.mark.pqqp_case])
+                                           for c in suite.cases()])
+    for name, specs in (("pqqp_hypothesis", suite.hypotheses()), ("pqqp_interference", suite.interference_specs())):
+        if name in names:
+            params = [pytest.param(s, id=s.id, marks=[pytest.mark.pqqp, pytest.mark.pqqp_hypothesis]) for s in specs]
+            metafunc.parametrize(name, params or [pytest.param(None, marks=pytest.mark.skip(
+                reason=f"suite '{suite.name}' asks for no {name.split('_')[1]} tests"))])
 
 
-@pytest.fixture(scope="session")
-def pqqp_settings(pytestconfig: pytest.Config) -> "Settings":
-    """The experiment settings from the `--pqqp-*` options (defaults: the embedded model on pydoc)."""
-    from .experiment import Settings
+def store_path(config: pytest.Config) -> Path:
+    import os
 
-    given = {f.name: pytestconfig.getoption(f"pqqp_{f.name}") for f in fields(Settings) if f.name in OPTIONS}
-    return Settings(
-        **{k: v for k, v in given.items() if v is not None},
-        trust_remote_code=pytestconfig.getoption("pqqp_trust_remote_code"),
-        progress=False,
-    )
+    given = config.getoption("pqqp_store") or os.environ.get("PQQP_STORE")
+    return Path(given) if given else Path(config.rootpath) / "results" / "pqqp.sqlite"
 
 
 @pytest.fixture(scope="session")
-def pqqp_experiment(pqqp_settings: "Settings") -> "Experiment":
-    """The loaded model, corpus, calibration samples and evaluation windows, built once per session."""
+def pqqp_suite(pytestconfig: pytest.Config) -> "Suite":
+    """The session's suite (YAML plus `--pqqp-*` overrides)."""
+    return suite_of(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def pqqp_store(pytestconfig: pytest.Config) -> Iterator["Store"]:
+    """The results store (`--pqqp-store`), opened once per session; a foreign or corrupt file is refused."""
     from .errors import PqqpError
-    from .experiment import Experiment
+    from .store import Store
 
     try:
-        return Experiment(pqqp_settings)
+        store = Store(store_path(pytestconfig))
+    except PqqpError as exc:
+        raise pytest.UsageError(f"pqqp: {exc}") from None
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="session")
+def pqqp_bench(pytestconfig: pytest.Config, pqqp_suite: "Suite", pqqp_store: "Store") -> "Bench":
+    """Measurements through the results store, computed on demand (each model loaded at most once)."""
+    from .measure import Bench
+
+    return Bench(pqqp_suite, pqqp_store, refresh=pytestconfig.getoption("pqqp_refresh"), progress=False,
+                 cache_dir=pytestconfig.getoption("pqqp_cache_dir"),
+                 trust_remote_code=pytestconfig.getoption("pqqp_trust_remote_code"))
+
+
+@pytest.fixture(scope="session")
+def pqqp_experiment(pqqp_bench: "Bench") -> "Experiment":
+    """The suite's first model with its corpus, calibration samples and evaluation windows, loaded once per
+    session and shared with `pqqp_bench` (for tests of one's own: `pqqp_experiment.run(recipe)`)."""
+    from .errors import PqqpError
+
+    try:
+        return pqqp_bench.experiment(pqqp_bench.suite.models[0])
     except PqqpError as exc:
         raise pytest.UsageError(f"pqqp: {exc}") from None
 
 
-@pytest.fixture(scope="session")
-def pqqp_run(pqqp_experiment: "Experiment", pytestconfig: pytest.Config) -> Callable[[str], "CaseResult"]:
-    """Run a recipe on the session's experiment, once: later requests for the same recipe reuse the result."""
-    from .spec import parse_recipe
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """The case table and the hypothesis verdicts, read from the store (so `-n 2` workers' results show too)."""
+    ran_grid = any("pqqp" in (getattr(r, "keywords", None) or {}) for reports in terminalreporter.stats.values()
+                   for r in reports)
+    if not ran_grid or getattr(config, "workerinput", None) is not None:
+        return
+    path = store_path(config)
+    if not path.exists():
+        return
+    from .measure import Bench
+    from .report import full_report
+    from .store import Store
 
-    results = pytestconfig.stash[RESULTS]
-
-    def run(text: str) -> "CaseResult":
-        recipe = parse_recipe(text)
-        if recipe.key not in results:
-            results[recipe.key] = pqqp_experiment.run(recipe)
-        return results[recipe.key]
-
-    return run
+    try:
+        with Store(path) as store:
+            text = full_report(Bench(suite_of(config), store, lookup_only=True,
+                                     cache_dir=config.getoption("pqqp_cache_dir")))
+    except Exception as exc:  # a summary must never hide the test outcome
+        terminalreporter.write_line(f"pqqp: no summary: {type(exc).__name__}: {exc}")
+        return
+    if text:
+        terminalreporter.write_sep("=", f"pqqp-bench: suite {suite_of(config).name}, store {path}")
+        terminalreporter.write_line(text)

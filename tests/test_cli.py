@@ -210,3 +210,47 @@ def test_no_progress_error_is_the_only_stderr_output(run_args, capsys):
     rc = main(run_args + ["--seqlen", "300", "--recipe", "wanda:p=0.5"])
     err = capsys.readouterr().err
     assert rc == 2 and err.splitlines() == [error_line(rc, err)]
+
+
+@pytest.fixture
+def suite_file(tmp_path, model_dir, text_file) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"models: ['{model_dir}']\ncorpus: '{text_file}'\nseqlen: 32\ncalib_samples: 4\neval_tokens: 128\n"
+                    "device: cpu\npruners: [magnitude]\nquantizers: [rtn]\nratios: [0.3]\nbits: [4, 8]\n"
+                    "curve_bits: [4, 8]\nbootstrap: 50\n")
+    return path
+
+
+def test_run_suite_stores_reports_and_exports(suite_file, tmp_path, capsys):
+    store, exported = tmp_path / "store.sqlite", tmp_path / "all.json"
+    assert main(["run", "--suite", str(suite_file), "--store", str(store), "--no-progress", "--json", str(exported)]) == 0
+    out = capsys.readouterr().out
+    assert "suite tiny" in out and "[8/8]" in out  # dense, magnitude, 2 curve points, 2 bits x 2 orders
+    assert "Progressive Intensity Hypothesis" in out and "magnitude:p=0.3-rtn" in out
+    rows = json.loads(exported.read_text())
+    assert len(rows) == 8 and {r["recipe"] for r in rows} >= {"dense", "rtn:w=4,a=4,kv=4 > magnitude:p=0.3"}
+    assert all(math.isfinite(r["value"]) and len(r["details"]["window_nll"]) == 4 for r in rows)
+
+    # a second run computes nothing and prints the same tables; --bits overrides the suite's grid
+    assert main(["run", "--suite", str(suite_file), "--store", str(store), "--no-progress", "--bits", "8"]) == 0
+    assert "[6/6]" in capsys.readouterr().out
+    csv_path = tmp_path / "all.csv"
+    assert main(["export", "--store", str(store), "--csv", str(csv_path)]) == 0
+    assert len(csv_path.read_text().splitlines()) == 1 + 8
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--recipe", "dense"], ["--suite or --recipe"]),
+    (["--bits", "1"], ["bit width 1", "2..16"]),
+    (["--pruners", "rtn"], ["pruner 'rtn'", "accepted"]),
+])
+def test_bad_suite_runs_are_one_line_errors(suite_file, tmp_path, capsys, extra, words):
+    rc = main(["run", "--suite", str(suite_file), "--store", str(tmp_path / "s.sqlite"), *extra])
+    line = error_line(rc, capsys.readouterr().err)
+    assert all(w in line for w in words), line
+
+
+def test_run_without_recipe_or_suite_and_export_of_a_missing_store(tmp_path, capsys):
+    assert "--recipe RECIPE" in error_line(main(["run"]), capsys.readouterr().err)
+    assert "does not exist" in error_line(main(["export", "--store", str(tmp_path / "none.sqlite"), "--json", "x"]),
+                                          capsys.readouterr().err)

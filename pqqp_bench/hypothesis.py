@@ -1,0 +1,463 @@
+"""The Progressive Intensity Hypothesis as pure functions over measured numbers.
+
+Everything here follows the paper's definitions (§2-§3) and its language-model analysis (§5.2, App. D.6):
+
+* the metric M is higher-is-better: M = -perplexity, or M = accuracy;
+* the performance gap G(f1, f2) = M(f1(φ)) - M(f2(φ))                                   (Def. 2);
+* compression ratios C_P = 1/(1-p) and C_Q = b_orig/bits                                  (§2, App. D.6);
+* the compression equivalent ratio (CER) C*_f: the quantization ratio with the same M     (Def. 3),
+  by linear interpolation on the measured quantization curve; C*_Q = C_Q;
+* the order advantage A(f1->f2) = M(f2∘f1(φ)) - M(f1∘f2(φ))                              (Def. 4);
+  for pruning P and quantization Q, A(Q->P) > 0 means quantize-first wins;
+* Hypothesis 1 / Theorem 2: for a fixed pruning ratio, A(Q->P) is non-decreasing in the CER difference
+  x = C*_P - C_Q; severe collapse lies outside the theorem's assumptions (App. D.6);
+* Fig. 3 fits an exponential per pruning ratio; Table 1 / Finding 4 report interference by C_Q.
+
+No torch, no models, no I/O: the store and the report call these on numbers they already have.
+Bad input raises `PqqpError` with a one-line message naming the bad value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import optimize, stats
+
+from .errors import PqqpError
+
+BOUNDS = ("exact", "below", "above")
+
+
+def _finite(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise PqqpError(f"{name}={value!r} is not finite: a finite number is required")
+    return value
+
+
+def _not_nan(name: str, value: float) -> float:
+    value = float(value)
+    if math.isnan(value):
+        raise PqqpError(f"{name}=nan: a number (±inf allowed) is required")
+    return value
+
+
+# --------------------------------------------------------------------------------------------- metrics (§2)
+
+
+def metric_from_ppl(ppl: float) -> float:
+    """M for perplexity, made higher-is-better (§2): M = -ppl; an infinite ppl gives M = -inf."""
+    ppl = _not_nan("ppl", ppl)
+    if ppl <= 0:
+        raise PqqpError(f"ppl={ppl!r} is not a perplexity: a positive number is required")
+    return -ppl
+
+
+def gap(m1: float, m2: float) -> float:
+    """Performance gap G(f1, f2) = M(f1(φ)) - M(f2(φ)) (Def. 2); G > 0 means f2 is the stronger compression."""
+    value = _not_nan("m1", m1) - _not_nan("m2", m2)
+    if math.isnan(value):
+        raise PqqpError(f"gap of m1={float(m1)!r} and m2={float(m2)!r} is undefined: at most one may be infinite")
+    return value
+
+
+def advantage(m_first_then_second: float, m_second_then_first: float) -> float:
+    """Order advantage A(f1->f2) = M(f2∘f1(φ)) - M(f1∘f2(φ)) (Def. 4).
+
+    For A(Q->P) pass M(quantize first, then prune) and M(prune first, then quantize); A > 0: Q-first wins.
+    """
+    value = _not_nan("m_first_then_second", m_first_then_second) - _not_nan("m_second_then_first", m_second_then_first)
+    if math.isnan(value):
+        raise PqqpError(
+            f"advantage of {float(m_first_then_second)!r} and {float(m_second_then_first)!r} is undefined: at most one may be infinite"
+        )
+    return value
+
+
+def prune_ratio(p: float) -> float:
+    """Pruning compression ratio C_P = 1/(1-p) (App. D.6), for a pruning ratio 0 <= p < 1."""
+    p = _finite("p", p)
+    if not 0.0 <= p < 1.0:
+        raise PqqpError(f"pruning ratio p={p!r} is out of range: 0 <= p < 1 is accepted")
+    return 1.0 / (1.0 - p)
+
+
+def quant_ratio(bits: float, b_orig: float = 16) -> float:
+    """Quantization compression ratio C_Q = b_orig/bits (§3.2: from 16 bits, 8-bit gives C_Q = 2)."""
+    bits, b_orig = _finite("bits", bits), _finite("b_orig", b_orig)
+    if bits <= 0 or b_orig <= 0:
+        raise PqqpError(f"bits={bits!r}, b_orig={b_orig!r}: positive bit widths are required")
+    return b_orig / bits
+
+
+# --------------------------------------------------------------------------------------------- CER (Def. 3)
+
+
+@dataclass(frozen=True)
+class CER:
+    """A compression equivalent ratio. `bound` says how to read `value`.
+
+    "exact": interpolated inside the measured curve; "below": the metric beats every measured quantization,
+    so the true CER is <= value (the smallest measured ratio); "above": the metric is worse than every
+    measured quantization, so the true CER is >= value (the largest measured ratio).
+    """
+
+    value: float
+    bound: str = "exact"
+
+    def __post_init__(self) -> None:
+        if self.bound not in BOUNDS:
+            raise PqqpError(f"CER bound={self.bound!r} is unknown: one of {', '.join(BOUNDS)} is accepted")
+
+    def __str__(self) -> str:
+        return {"exact": "", "below": "<=", "above": ">="}[self.bound] + f"{self.value:.3g}"
+
+
+def cer(metric: float, curve: Iterable[tuple[float, float]]) -> CER:
+    """Compression equivalent ratio of a method with metric M = `metric` (Def. 3, §3.2).
+
+    `curve` is the measured quantization curve as (C_Q, M) points in any order, e.g. bit widths 16..2 as ratios
+    1..8 with C_Q = 1 the dense model. The CER is the C' where the curve's M equals `metric`, by linear
+    interpolation between the two adjacent measured points sorted by ratio (the paper's example: 70% at C = 2,
+    60% at C = 4, so 65% maps to 3.0). Outside the measured range the nearest end ratio comes back with a bound
+    flag instead of a silent clamp. If the curve is not monotone, the first crossing walking from the smallest
+    ratio upward is used. `metric` may be ±inf (a collapsed model is simply "above").
+    """
+    metric = _not_nan("metric", metric)
+    points = [(float(c), float(m)) for c, m in curve]
+    if not points:
+        raise PqqpError("empty quantization curve: at least one (C_Q, M) point is required")
+    for c, m in points:
+        if not (math.isfinite(c) and c > 0) or not math.isfinite(m):
+            raise PqqpError(f"curve point (C_Q={c!r}, M={m!r}) is invalid: a positive finite ratio and finite M are required")
+    points.sort()
+    ratios = [c for c, _ in points]
+    if len(set(ratios)) != len(ratios):
+        raise PqqpError(f"curve ratios {ratios} repeat: one M per compression ratio is accepted")
+    metrics = [m for _, m in points]
+    if metric > max(metrics):
+        return CER(ratios[0], "below")
+    if metric < min(metrics):
+        return CER(ratios[-1], "above")
+    if metrics[0] == metric:
+        return CER(ratios[0])
+    for (c0, m0), (c1, m1) in zip(points, points[1:]):
+        if min(m0, m1) <= metric <= max(m0, m1):  # m0 != metric here, so m1 != m0
+            return CER(c0 + (metric - m0) / (m1 - m0) * (c1 - c0))
+    raise AssertionError("unreachable: metric lies within the curve's range")
+
+
+def cer_of_quantization(c_q: float) -> float:
+    """CER of quantization itself: C*_Q = C_Q (§3.2)."""
+    return _finite("c_q", c_q)
+
+
+# ------------------------------------------------------------------------------ uncertainty of A (Def. 4)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with its standard error and a 95% interval [low, high]."""
+
+    value: float
+    stderr: float
+    low: float
+    high: float
+
+
+def _nll_array(name: str, values: Sequence[float]) -> np.ndarray:
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 1 or array.size == 0:
+        raise PqqpError(f"{name} has shape {array.shape}: a non-empty list of per-window NLL sums is required")
+    if not np.all(np.isfinite(array)):
+        raise PqqpError(f"{name} holds non-finite values ({float(array[~np.isfinite(array)][0])!r}): finite NLL sums are required")
+    return array
+
+
+def paired_bootstrap_advantage(
+    nll_qp: Sequence[float], nll_pq: Sequence[float], tokens_per_window: int, *, resamples: int = 2000, seed: int = 0
+) -> Estimate:
+    """A(Q->P) = M(Q->P) - M(P->Q) with M = -ppl (Def. 4), and its paired-bootstrap uncertainty.
+
+    `nll_qp`, `nll_pq` are per-window summed NLLs of the two orders on the SAME windows; ppl =
+    exp(sum(nll) / (n_windows · tokens_per_window)). Window indices are resampled with replacement, the same
+    indices for both models, so window difficulty cancels. `value` is A on the full set (not the bootstrap
+    mean); `stderr` is the standard deviation (ddof=1) of the resampled A; low/high are its 2.5%/97.5%
+    percentiles. Deterministic given `seed`.
+    """
+    qp, pq = _nll_array("nll_qp", nll_qp), _nll_array("nll_pq", nll_pq)
+    if qp.size != pq.size:
+        raise PqqpError(f"nll_qp has {qp.size} windows and nll_pq {pq.size}: the same windows for both are required")
+    if isinstance(tokens_per_window, bool) or int(tokens_per_window) != tokens_per_window or tokens_per_window < 1:
+        raise PqqpError(f"tokens_per_window={tokens_per_window!r}: a positive integer is required")
+    if isinstance(resamples, bool) or int(resamples) != resamples or resamples < 2:
+        raise PqqpError(f"resamples={resamples!r}: an integer >= 2 is required")
+    tokens = qp.size * int(tokens_per_window)
+
+    def adv(sum_qp: np.ndarray | float, sum_pq: np.ndarray | float) -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.exp(np.asarray(sum_pq) / tokens) - np.exp(np.asarray(sum_qp) / tokens)  # -ppl_qp - (-ppl_pq)
+
+    value = float(adv(qp.sum(), pq.sum()))
+    if not math.isfinite(value):
+        raise PqqpError(f"A from mean NLLs {qp.sum() / tokens:.4g}, {pq.sum() / tokens:.4g} overflows: perplexities must be finite")
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, qp.size, size=(int(resamples), qp.size))
+    boot = adv(qp[index].sum(axis=1), pq[index].sum(axis=1))
+    low, high = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+    stderr = float(np.std(boot, ddof=1))
+    return Estimate(value, stderr, low, high)
+
+
+def combine_seeds(estimates: list[Estimate]) -> Estimate:
+    """Pool one estimate of A per calibration seed into one (uncertainty for Def. 4 / Fig. 3 error bars).
+
+    value = mean of the values; stderr = sqrt(mean(stderr_i²)/n + s²/n), where the first term is the
+    within-seed (evaluation-window) noise of the mean and s² is the sample variance (ddof=1) of the values
+    across seeds (0 for a single seed); the sum is conservative since s² already holds some window noise.
+    low/high = value ∓ 1.96·stderr.
+    """
+    if not estimates:
+        raise PqqpError("no estimates to combine: at least one per-seed Estimate is required")
+    values = np.array([_finite("estimate value", e.value) for e in estimates])
+    errors = np.array([_finite("estimate stderr", e.stderr) for e in estimates])
+    if np.any(errors < 0):
+        raise PqqpError(f"negative stderr {float(errors[errors < 0][0])!r}: stderr >= 0 is required")
+    n = values.size
+    variance = float(np.var(values, ddof=1)) if n > 1 else 0.0
+    stderr = math.sqrt(float(np.mean(errors**2)) / n + variance / n)
+    value = float(np.mean(values))
+    return Estimate(value, stderr, value - 1.96 * stderr, value + 1.96 * stderr)
+
+
+# -------------------------------------------------------------------- Hypothesis 1 / Theorem 2 (monotonicity)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One (p, bits) pair of Fig. 3: the CER of pruning alone, C_Q, and the measured A(Q->P) ± stderr."""
+
+    p: float
+    bits: int
+    c_q: float
+    cer_p: CER
+    advantage: float
+    stderr: float
+    collapsed: bool = False
+
+    @property
+    def x(self) -> float:
+        """The CER difference C*_P - C_Q (Fig. 3's x-axis); a bound when `cer_p.bound` is not "exact"."""
+        return self.cer_p.value - self.c_q
+
+
+@dataclass(frozen=True)
+class Violation:
+    """A pair with x_low < x_high whose advantage drops by more than the noise tolerance."""
+
+    x_low: float
+    a_low: float
+    x_high: float
+    a_high: float
+    drop: float
+    tolerance: float
+
+
+@dataclass(frozen=True)
+class Monotonicity:
+    """Test of A(Q->P) non-decreasing in x = C*_P - C_Q over the non-collapsed points (Theorem 2)."""
+
+    points: tuple[Point, ...]
+    excluded: tuple[Point, ...]
+    violations: tuple[Violation, ...]
+    spearman: float
+    kendall: float
+    sigmas: float = 2.0
+
+    @property
+    def holds(self) -> bool:
+        return not self.violations
+
+    @property
+    def n_points(self) -> int:
+        return len(self.points)
+
+    def table(self) -> list[dict[str, Any]]:
+        """Rows for printing: included points by x, then the excluded (collapsed) ones."""
+        return [
+            {
+                "p": pt.p, "bits": pt.bits, "C_Q": pt.c_q, "C*_P": pt.cer_p.value, "C*_P bound": pt.cer_p.bound,
+                "x": pt.x, "A": pt.advantage, "stderr": pt.stderr, "collapsed": pt.collapsed,
+            }
+            for pt in (*self.points, *self.excluded)
+        ]
+
+
+def _rank_correlation(kind: str, x: np.ndarray, y: np.ndarray) -> float:
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    result = stats.spearmanr(x, y) if kind == "spearman" else stats.kendalltau(x, y)
+    return float(result[0])
+
+
+def monotonicity(points: Iterable[Point], *, sigmas: float = 2.0) -> Monotonicity:
+    """Check Hypothesis 1 as Theorem 2 states it: A(Q->P) is non-decreasing in x = C*_P - C_Q for fixed p.
+
+    Collapsed points are outside the theorem's assumptions (App. D.6) and are excluded but kept in the result.
+    The rest are sorted by x; every pair i<j with x_i < x_j strictly and
+    A_j < A_i - sigmas·sqrt(stderr_i² + stderr_j²) is a violation. Spearman and Kendall correlations of (x, A)
+    are nan for fewer than 3 points or constant input. Theorem 2 holds p fixed: pass one p's points, or use
+    `monotonicity_per_p`; points whose CER is a bound are kept, with the flag shown in `table()`.
+    """
+    sigmas = _finite("sigmas", sigmas)
+    if sigmas < 0:
+        raise PqqpError(f"sigmas={sigmas!r}: a non-negative number is required")
+    points = list(points)
+    included, excluded = [pt for pt in points if not pt.collapsed], [pt for pt in points if pt.collapsed]
+    for pt in included:
+        for name, value in (("advantage", pt.advantage), ("stderr", pt.stderr), ("x", pt.x)):
+            _finite(f"{name} of point (p={pt.p}, bits={pt.bits})", value)
+        if pt.stderr < 0:
+            raise PqqpError(f"stderr={float(pt.stderr)!r} of point p={pt.p}, bits={pt.bits}: stderr >= 0 is required")
+    included.sort(key=lambda pt: (pt.x, pt.p, pt.bits))
+    violations = []
+    for i, lo in enumerate(included):
+        for hi in included[i + 1:]:
+            if not lo.x < hi.x:
+                continue
+            tolerance = sigmas * math.hypot(lo.stderr, hi.stderr)
+            if hi.advantage < lo.advantage - tolerance:
+                violations.append(Violation(lo.x, lo.advantage, hi.x, hi.advantage, lo.advantage - hi.advantage, tolerance))
+    x = np.array([pt.x for pt in included])
+    a = np.array([pt.advantage for pt in included])
+    return Monotonicity(
+        tuple(included), tuple(excluded), tuple(violations),
+        _rank_correlation("spearman", x, a), _rank_correlation("kendall", x, a), sigmas,
+    )
+
+
+def monotonicity_per_p(points: Iterable[Point], *, sigmas: float = 2.0) -> dict[float, Monotonicity]:
+    """`monotonicity` for each pruning ratio p separately (Theorem 2 fixes C_P; Fig. 3 has one curve per p)."""
+    groups: dict[float, list[Point]] = {}
+    for pt in points:
+        groups.setdefault(pt.p, []).append(pt)
+    return {p: monotonicity(group, sigmas=sigmas) for p, group in sorted(groups.items())}
+
+
+def is_collapsed(ppls: Iterable[float], dense_ppl: float, max_ratio: float) -> bool:
+    """Severe collapse (App. D.6, outside the well-designed-compression assumption of §4).
+
+    True when any of `ppls` is non-finite or exceeds max_ratio · dense_ppl.
+    """
+    dense_ppl, max_ratio = _finite("dense_ppl", dense_ppl), _finite("max_ratio", max_ratio)
+    if dense_ppl <= 0 or max_ratio <= 0:
+        raise PqqpError(f"dense_ppl={dense_ppl!r}, max_ratio={max_ratio!r}: positive numbers are required")
+    limit = max_ratio * dense_ppl
+    return any(not math.isfinite(float(v)) or float(v) > limit for v in ppls)
+
+
+# ----------------------------------------------------------------------------------- Fig. 3 exponential fit
+
+
+@dataclass(frozen=True)
+class ExpFit:
+    """y = a·exp(b·x) + c fitted to one pruning ratio's points (Fig. 3), with its coefficient of determination."""
+
+    a: float
+    b: float
+    c: float
+    r2: float
+
+    def predict(self, x: float | Sequence[float] | np.ndarray) -> float | np.ndarray:
+        values = self.a * np.exp(self.b * np.asarray(x, dtype=float)) + self.c
+        return float(values) if np.ndim(values) == 0 else values
+
+
+def _exp_model(x: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+    return a * np.exp(b * x) + c
+
+
+def _initial_guess(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """For fixed b the model is linear in (a, c): scan b over a range scaled to x and keep the best LSQ fit."""
+    scale = float(np.ptp(x))
+    best = (math.inf, 0.0, 1.0, 0.0)
+    for b in np.concatenate([-np.geomspace(20, 0.05, 40), np.geomspace(0.05, 20, 40)]) / scale:
+        design = np.column_stack([np.exp(b * (x - x.min())), np.ones_like(x)])
+        if not np.all(np.isfinite(design)):
+            continue
+        (a, c), *_ = np.linalg.lstsq(design, y, rcond=None)
+        sse = float(np.sum((design @ np.array([a, c]) - y) ** 2))
+        if sse < best[0]:
+            best = (sse, float(a) * math.exp(-b * x.min()), float(b), float(c))
+    return best[1], best[2], best[3]
+
+
+def exponential_fit(x: Sequence[float], y: Sequence[float]) -> ExpFit | None:
+    """Fit y = a·exp(b·x) + c, the per-p trend curve of Fig. 3 (§5.2), with scipy's curve_fit.
+
+    Returns None (never raises from the fit) when there are fewer than 3 points, fewer than 3 distinct x, or
+    the optimiser fails or gives non-finite parameters. Mismatched lengths or non-finite input raise PqqpError.
+    """
+    xs, ys = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    if xs.size != ys.size:
+        raise PqqpError(f"x has {xs.size} values and y {ys.size}: equal lengths are required")
+    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
+        raise PqqpError("x or y holds a non-finite value: finite numbers are required (drop collapsed points first)")
+    if xs.size < 3 or np.unique(xs).size < 3:
+        return None
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            params, _ = optimize.curve_fit(_exp_model, xs, ys, p0=_initial_guess(xs, ys), maxfev=20000)
+    except (RuntimeError, ValueError, FloatingPointError, np.linalg.LinAlgError):
+        return None
+    a, b, c = (float(v) for v in params)
+    if not all(math.isfinite(v) for v in (a, b, c)):
+        return None
+    with np.errstate(all="ignore"):
+        residual = float(np.sum((_exp_model(xs, a, b, c) - ys) ** 2))
+    total = float(np.sum((ys - ys.mean()) ** 2))
+    r2 = 1.0 - residual / total if total > 0 else (1.0 if residual == 0 else math.nan)
+    return ExpFit(a, b, c, r2)
+
+
+# --------------------------------------------------------------------------- interference (Table 1, Finding 4)
+
+InterferenceRow = tuple[float, int, str, float, "bool | None"]
+"""(C_Q, bits, pruner, A(Q->P), same_structure): same_structure is True when no pruned unit changes between
+the two orders (known for structured pruning), False when some do, None when unknown."""
+
+LABEL = "C_Q (B_Q)"
+
+
+def interference_table(rows: Iterable[InterferenceRow]) -> list[dict[str, Any]]:
+    """Table 1 for printing: one row per C_Q (ascending) labelled "C_Q (B_Q)", one A(Q->P) column per pruner.
+
+    Missing cells are None; a repeated (C_Q, bits, pruner) raises.
+    """
+    cells: dict[tuple[float, int], dict[str, float]] = {}
+    pruners: list[str] = []
+    for c_q, bits, pruner, adv, _same in rows:
+        if pruner == LABEL:
+            raise PqqpError(f"pruner name {pruner!r} is reserved: any other name is accepted")
+        row = cells.setdefault((float(c_q), int(bits)), {})
+        if pruner in row:
+            raise PqqpError(f"A for pruner {pruner!r} at C_Q={float(c_q):.4g}, bits={bits} given twice: one value per cell is accepted")
+        row[pruner] = float(adv)
+        if pruner not in pruners:
+            pruners.append(pruner)
+    return [
+        {LABEL: f"{c_q:.2f} ({bits})", **{name: cells[(c_q, bits)].get(name) for name in pruners}}
+        for c_q, bits in sorted(cells)
+    ]
+
+
+def structured_zero_interference(advantages_with_flags: Iterable[InterferenceRow]) -> list[InterferenceRow]:
+    """Entries contradicting Finding 4 (§5.2): same_structure is True (no unit changes assignment between the
+    orders, so no interference) yet A(Q->P) is not exactly 0.0."""
+    return [row for row in advantages_with_flags if row[4] is True and float(row[3]) != 0.0]

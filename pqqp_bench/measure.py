@@ -1,0 +1,191 @@
+"""Measurements through the results store: each (model, recipe, seed) is computed once, ever.
+
+`Bench` is what the pytest plugin and `pqqp run --suite` share. Asked for a measurement, it looks in the store
+first; only a missing one is computed, under an inter-process claim (two pytest-xdist workers never compute
+the same thing), and stored in one transaction as soon as it exists. So an interrupted run keeps everything
+measured so far and a re-run resumes. The model is loaded only when something must be computed, once per model.
+
+From the stored numbers it then builds the hypothesis points (paper §3: CER, A(Q->P) with its noise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import PqqpError
+from .hypothesis import CER, Estimate, Point, cer, combine_seeds, is_collapsed, metric_from_ppl, paired_bootstrap_advantage, quant_ratio
+from .store import Measurement, MeasurementKey, Store
+from .suite import Case, HypothesisSpec, PointSpec, Suite
+from .spec import Recipe, parse_recipe
+
+METRIC = "ppl"
+
+
+class Missing(LookupError):
+    """A measurement that is not stored, asked of a lookup-only bench (reports never compute)."""
+
+
+def uses_seed(recipe: Recipe) -> bool:
+    """Whether the seed can change the result: calibration sampling, or a randomised rotation."""
+    return any(s.needs_calibration or s.kind == "transform" for s in recipe.stages)
+
+
+def corpus_identity(corpus: str) -> str:
+    """The corpus name, with a content hash for a file (so an edited file is a different corpus)."""
+    path = Path(corpus).expanduser()
+    if path.is_file():
+        return f"{path.name}:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+    return corpus
+
+
+@dataclass
+class Bench:
+    """A suite's measurements: stored ones reused, missing ones computed (and stored) on demand."""
+
+    suite: Suite
+    store: Store
+    refresh: bool = False
+    progress: bool = True
+    cache_dir: str | None = None
+    trust_remote_code: bool = False
+    lookup_only: bool = False
+    computed: list[str] = field(default_factory=list)  # digests computed by this process (refresh: once each)
+    experiments: dict[str, Any] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+
+    # --- identity ----------------------------------------------------------------------------------------
+
+    def fingerprint(self, model: str) -> str:
+        if model not in self.fingerprints:
+            from .models import model_fingerprint
+
+            self.fingerprints[model] = model_fingerprint(model, cache_dir=Path(self.cache_dir) if self.cache_dir else None,
+                                                         trust_remote_code=self.trust_remote_code)
+        return self.fingerprints[model]
+
+    def key(self, model: str, recipe: Recipe, seed: int) -> MeasurementKey:
+        s = self.suite
+        seeded = uses_seed(recipe)
+        return MeasurementKey(
+            model=model, model_hash=self.fingerprint(model), corpus=corpus_identity(s.corpus),
+            split=f"holdout={s.holdout:g},seqlen={s.seqlen},tokens={s.eval_tokens}", recipe=str(recipe),
+            recipe_key=recipe.key, metric=METRIC, seed=seed if seeded else -1,
+            calibration=f"samples={s.calib_samples},seqlen={s.seqlen}" if seeded else "",
+            harness_version=__version__,
+        )
+
+    # --- measuring ---------------------------------------------------------------------------------------
+
+    def measure(self, model: str, recipe: Recipe | str, seed: int | None = None) -> Measurement:
+        """The stored measurement of `recipe` on `model`, computing and storing it first if it is missing."""
+        recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
+        seed = self.suite.seeds[0] if seed is None else seed
+        key = self.key(model, recipe, seed)
+        digest = key.digest()
+        stale = self.refresh and digest not in self.computed
+        if not stale:
+            found = self.store.get(key)
+            if found is not None:
+                return found
+        if self.lookup_only:
+            raise Missing(f"{model}: {recipe} (seed {seed}) is not stored")
+        with self.store.claim(key):
+            found = None if stale else self.store.get(key)  # another worker may have stored it meanwhile
+            if found is not None:
+                return found
+            measurement = Measurement(key, *self.compute(model, recipe, seed))
+            self.store.put(measurement, replace=stale)
+            self.computed.append(digest)
+            return self.store.get(key) or measurement
+
+    def experiment(self, model: str):
+        if model not in self.experiments:
+            from .experiment import Experiment
+
+            settings = self.suite.settings(model, cache_dir=self.cache_dir, trust_remote_code=self.trust_remote_code,
+                                           progress=self.progress)
+            self.experiments[model] = Experiment(settings)
+            if self.experiments[model].loaded.fingerprint != self.fingerprint(model):
+                raise PqqpError(f"model {model!r} changed while loading (fingerprint differs): run again")
+        return self.experiments[model]
+
+    def compute(self, model: str, recipe: Recipe, seed: int) -> tuple[float, dict]:
+        from .blocks import block_linears, decoder_blocks
+
+        experiment = self.experiment(model)
+        case = experiment.run(recipe, seed=seed)
+        dense = decoder_blocks(experiment.loaded.model)
+        narrowest = min(lin.in_features for b in dense for lin in block_linears(b).values())
+        tolerance = 0.5 / narrowest + (0.5 / len(dense) if any(s.scope == "model" and s.kind == "prune"
+                                                                for s in recipe.stages) else 0.0)
+        p = case.perplexity
+        return p.ppl, {
+            "order": recipe.order, "requested": case.report.requested, "achieved": case.report.achieved(),
+            "sparsity_tolerance": tolerance, "structure": case.report.structure, "window_nll": p.window_nll,
+            "tokens": p.tokens, "windows": p.windows, "seqlen": p.seqlen, "convention": p.convention,
+            "seconds": case.seconds, "device": experiment.device,
+        }
+
+    def measure_case(self, case: Case) -> list[Measurement]:
+        """A case under every seed that can change it (one measurement where none can)."""
+        seeds = self.suite.seeds if uses_seed(case.recipe) else self.suite.seeds[:1]
+        return [self.measure(case.model, case.recipe, seed) for seed in seeds]
+
+    def stored_case(self, case: Case) -> list[Measurement]:
+        """The case's stored measurements (every seed that can change it); computes nothing."""
+        seeds = self.suite.seeds if uses_seed(case.recipe) else self.suite.seeds[:1]
+        found = (self.store.get(self.key(case.model, case.recipe, seed)) for seed in seeds)
+        return [m for m in found if m is not None]
+
+    # --- hypothesis inputs -------------------------------------------------------------------------------
+
+    def mean_ppl(self, model: str, recipe: Recipe) -> float:
+        ppls = [m.value for m in self.measure_case(Case(model, recipe, "", ""))]
+        return sum(ppls) / len(ppls)
+
+    def curve(self, model: str, quantizer: str) -> list[tuple[float, float]]:
+        """The measured quantization curve (C_Q, M): the dense model at C_Q = 1, then every curve bit width."""
+        points = [(1.0, metric_from_ppl(self.mean_ppl(model, Recipe(()))))]
+        for bits, recipe in self.suite.curve(quantizer).items():
+            points.append((quant_ratio(bits), metric_from_ppl(self.mean_ppl(model, recipe))))
+        return points
+
+    def cer_of_pruner(self, model: str, pruner: str, p: float, quantizer: str) -> CER:
+        """C*_P: the pruned model's metric mapped onto the quantizer's curve (Def. 3; both on the original φ)."""
+        return cer(metric_from_ppl(self.mean_ppl(model, self.suite.pruner(pruner, p))), self.curve(model, quantizer))
+
+    def point(self, spec: PointSpec, seed_for_bootstrap: int = 0) -> tuple[Point, dict]:
+        """A(Q->P) = M(Q then P) - M(P then Q) with its paired-bootstrap noise (combined over seeds)."""
+        qp_recipe, pq_recipe = spec.recipe("Q>P"), spec.recipe("P>Q")
+        estimates: list[Estimate] = []
+        ppls: list[float] = []
+        for seed in self.suite.seeds if (uses_seed(qp_recipe) or uses_seed(pq_recipe)) else self.suite.seeds[:1]:
+            qp, pq = self.measure(spec.model, qp_recipe, seed), self.measure(spec.model, pq_recipe, seed)
+            ppls += [qp.value, pq.value]
+            if not all(math.isfinite(v) for v in (qp.value, pq.value)):
+                estimates.append(Estimate(float("nan"), float("inf"), float("nan"), float("nan")))
+                continue
+            estimates.append(paired_bootstrap_advantage(qp.details["window_nll"], pq.details["window_nll"],
+                                                        qp.details["seqlen"] - 1, resamples=self.suite.bootstrap,
+                                                        seed=seed_for_bootstrap))
+        estimate = combine_seeds(estimates) if all(math.isfinite(e.value) for e in estimates) else estimates[0]
+        dense = self.mean_ppl(spec.model, Recipe(()))
+        collapsed = is_collapsed(ppls, dense, self.suite.max_ppl_ratio)
+        c_q = quant_ratio(spec.bits)
+        point = Point(spec.p, spec.bits, c_q, self.cer_of_pruner(spec.model, spec.pruner, spec.p, spec.quantizer),
+                      estimate.value, estimate.stderr, collapsed)
+        return point, {"ppl_qp": ppls[0::2], "ppl_pq": ppls[1::2], "dense_ppl": dense, "estimate": estimate}
+
+    def hypothesis_points(self, spec: HypothesisSpec) -> list[tuple[Point, dict]]:
+        return [self.point(p) for p in spec.points()]
+
+    def removed_blocks(self, model: str, recipe: Recipe, seed: int) -> list | None:
+        """The blocks a structured pruner removed in this measurement (None where it removes none)."""
+        structure = self.measure(model, recipe, seed).details.get("structure") or []
+        removed = [s.get("removed_blocks") for s in structure if "removed_blocks" in s]
+        return removed[0] if removed else None

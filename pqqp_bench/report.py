@@ -1,0 +1,127 @@
+"""Tables of a suite's results, read from the store: the cases, and the hypothesis verdicts with their evidence.
+
+Only stored measurements are shown (nothing is computed here), so the pytest summary of an `-n 2` run, a
+`pqqp run --suite` and a later look at the store all print the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tabulate import tabulate
+
+from .hypothesis import Monotonicity, Point, exponential_fit, interference_table, monotonicity
+from .measure import Bench, Missing
+from .suite import HypothesisSpec, InterferenceSpec
+
+
+def fmt(value: float, digits: int = 4) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}g}"
+
+
+def case_rows(bench: Bench) -> list[tuple]:
+    rows = []
+    for case in bench.suite.cases():
+        for m in bench.stored_case(case):
+            ach = m.details["achieved"]
+            bits = " ".join(f"{k.upper()}{ach[f'{k}_bits']}" for k in ("w", "a", "kv") if ach.get(f"{k}_bits")) or "-"
+            rows.append((case.model, str(case.recipe), case.recipe.order or "-", m.key.seed if m.key.seed >= 0 else "-",
+                         f"{ach['sparsity']:.3f}", bits, f"{ach['total']:.2f}", f"{m.value:.4f}",
+                         f"{m.details['seconds'].get('compress', 0):.1f}", f"{m.details['seconds'].get('evaluate', 0):.1f}"))
+    return rows
+
+
+def case_table(bench: Bench) -> str:
+    rows = case_rows(bench)
+    if not rows:
+        return ""
+    s = bench.suite
+    title = f"cases: token-level perplexity, {s.eval_tokens // s.seqlen} x {s.seqlen}-token windows of {s.corpus}"
+    return title + "\n" + tabulate(rows, headers=["model", "recipe", "order", "seed", "sparsity", "bits", "C total",
+                                                  "ppl", "compress s", "eval s"])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Hypothesis 1 for one (model, pruner, quantizer, p), with the points it was judged on."""
+
+    spec: HypothesisSpec
+    result: Monotonicity
+    sigmas: float
+
+    @property
+    def status(self) -> str:
+        if self.result.n_points < 2:
+            return "too few points"
+        return "holds" if self.result.holds else "VIOLATED"
+
+    def evidence(self) -> str:
+        """The table of points (C_Q, C*_P, x, A ± stderr) and the pairs that break monotonicity."""
+        rows = [(r["bits"], fmt(r["C_Q"], 3), ("" if r["C*_P bound"] == "exact" else
+                                               {"below": "<=", "above": ">="}[r["C*_P bound"]]) + fmt(r["C*_P"], 4),
+                 fmt(r["x"], 4), fmt(r["A"], 4), fmt(r["stderr"], 2), "collapsed" if r["collapsed"] else "")
+                for r in self.result.table()]
+        text = tabulate(rows, headers=["B", "C_Q", "C*_P", "x = C*_P - C_Q", "A(Q->P)", "stderr", ""])
+        res = self.result
+        text += f"\nSpearman {fmt(res.spearman, 3)}, Kendall {fmt(res.kendall, 3)} over {res.n_points} points " \
+                f"(collapsed points, ppl > max_ppl_ratio x dense, excluded: {len(res.excluded)})"
+        for v in res.violations:
+            text += (f"\nviolation: x {fmt(v.x_low)} -> {fmt(v.x_high)}: A drops {fmt(v.a_low)} -> {fmt(v.a_high)} "
+                     f"(by {fmt(v.drop)}, noise tolerance {self.sigmas:g} sigma = {fmt(v.tolerance)})")
+        fit = exponential_fit([p.x for p in res.points], [p.advantage for p in res.points]) if res.n_points >= 3 else None
+        if fit is not None:
+            text += f"\nexponential fit A = {fmt(fit.a)}·exp({fmt(fit.b)}·x) + {fmt(fit.c)}, R² {fmt(fit.r2, 3)}"
+        return text
+
+
+def verdict(bench: Bench, spec: HypothesisSpec) -> Verdict:
+    points: list[Point] = [pt for pt, _ in bench.hypothesis_points(spec)]
+    return Verdict(spec, monotonicity(points, sigmas=bench.suite.noise_sigmas), bench.suite.noise_sigmas)
+
+
+def verdict_table(bench: Bench) -> str:
+    rows = []
+    for spec in bench.suite.hypotheses():
+        try:
+            v = verdict(bench, spec)
+        except Missing:
+            continue
+        r = v.result
+        rows.append((spec.id, v.status, r.n_points, len(r.excluded), len(r.violations), fmt(r.spearman, 3),
+                     fmt(r.kendall, 3)))
+    if not rows:
+        return ""
+    return ("Progressive Intensity Hypothesis: A(Q->P) non-decreasing in C*_P - C_Q (per model, pruner, quantizer, p)\n"
+            + tabulate(rows, headers=["model-pruner-quantizer", "verdict", "points", "collapsed", "violations",
+                                      "Spearman", "Kendall"]))
+
+
+def interference_rows(bench: Bench, spec: InterferenceSpec) -> list[tuple]:
+    """(C_Q, bits, pruner, A, same structure) for each bit width: Table 1's cells for one pruner."""
+    rows = []
+    for pt_spec in spec.points():
+        point, extra = bench.point(pt_spec)
+        qp = bench.removed_blocks(spec.model, pt_spec.recipe("Q>P"), bench.suite.seeds[0])
+        pq = bench.removed_blocks(spec.model, pt_spec.recipe("P>Q"), bench.suite.seeds[0])
+        same = None if qp is None and pq is None else qp == pq
+        rows.append((point.c_q, point.bits, spec.pruner, point.advantage, same, point.stderr))
+    return rows
+
+
+def interference_report(bench: Bench) -> str:
+    """Table 1 per (model, quantizer, p): one A(Q->P) column per pruner, one row per C_Q."""
+    groups: dict[tuple, list] = {}
+    for spec in bench.suite.interference_specs():
+        try:
+            groups.setdefault((spec.model, spec.quantizer, spec.p), []).extend(
+                row[:5] for row in interference_rows(bench, spec))
+        except Missing:
+            continue
+    parts = [f"Interference (Table 1): A(Q->P) by C_Q, {model}, {quantizer}, p={p:g}\n"
+             + tabulate(interference_table(cells), headers="keys") for (model, quantizer, p), cells in groups.items()]
+    return "\n\n".join(parts)
+
+
+def full_report(bench: Bench) -> str:
+    return "\n\n".join(part for part in (case_table(bench), verdict_table(bench), interference_report(bench)) if part)

@@ -1,0 +1,298 @@
+"""Suites: a grid of (model, pruner, quantizer, ratio, bits, order) written as YAML, expanded into recipes.
+
+A suite names pruner and quantizer *templates* (`wanda`, `sparsegpt:damp=0.02`, `rtn`, `quarot > gptq:g=64`);
+the grid fills in the ratio `p` and the bit width B (weights, activations and KV cache at the same B, paper
+App. C). From the grid come three lists, each measured once however many points use it:
+
+* cases: every recipe to measure: dense, each pruner alone (its CER, paper Def. 3), the quantization curve of
+  each quantizer (bit widths `curve_bits`; C_Q = 1 is the dense model), and each joint recipe in each order;
+* points: one per (model, pruner, quantizer, p, B): what A(Q->P) and C*_P - C_Q of Fig. 3 are computed from;
+* hypotheses: one per (model, pruner, quantizer, p): the monotonicity check over its points' bit widths.
+
+Every YAML key can be overridden by a `--pqqp-*` option or a `pqqp run` flag of the same name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import PqqpError
+from .experiment import Settings
+from .methods import method_class
+from .methods.base import format_value
+from .spec import Recipe, parse_recipe
+
+ORDERS = ("P>Q", "Q>P")
+QUANTIZED = ("w", "a", "kv")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A grid and the settings it is measured under (the defaults are the embedded model on pydoc)."""
+
+    name: str = "suite"
+    description: str = ""
+    models: tuple[str, ...] = ("smollm2-135m",)
+    corpus: str = "pydoc"
+    seqlen: int = 512
+    calib_samples: int = 32
+    eval_tokens: int = 16384
+    holdout: float = 0.2
+    seeds: tuple[int, ...] = (0,)
+    batch_size: int = 1
+    device: str = "auto"
+    pruners: tuple[str, ...] = ("wanda",)
+    quantizers: tuple[str, ...] = ("rtn",)
+    ratios: tuple[float, ...] = (0.3,)
+    bits: tuple[int, ...] = (4, 6, 8)
+    quantize: tuple[str, ...] = QUANTIZED
+    orders: tuple[str, ...] = ORDERS
+    curve_bits: tuple[int, ...] = (3, 4, 5, 6, 8)
+    max_ppl_ratio: float = 3.0
+    noise_sigmas: float = 2.0
+    bootstrap: int = 2000
+    interference: bool = False
+    expected_minutes: float | None = None
+    source: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        check_grid(self)
+
+    def settings(self, model: str, **extra: Any) -> Settings:
+        """The experiment settings of one model of the grid."""
+        return Settings(model=model, corpus=self.corpus, seqlen=self.seqlen, calib_samples=self.calib_samples,
+                        eval_tokens=self.eval_tokens, holdout=self.holdout, seed=self.seeds[0],
+                        batch_size=self.batch_size, device=self.device, **extra)
+
+    # --- recipes -----------------------------------------------------------------------------------------
+
+    def pruner(self, template: str, p: float) -> Recipe:
+        return with_values(template, {"p": p}, kind="prune")
+
+    def quantizer(self, template: str, bits: int) -> Recipe:
+        return with_values(template, {k: bits for k in self.quantize}, kind="quant")
+
+    def joint(self, pruner: str, quantizer: str, p: float, bits: int, order: str) -> Recipe:
+        """The joint recipe in `order`; a quantizer's leading rotation stays first in both orders."""
+        prune, quant = self.pruner(pruner, p), self.quantizer(quantizer, bits)
+        pq = Recipe(quant.basis + prune.stages + quant.methods)
+        return pq if order == "P>Q" else pq.reversed()
+
+    def curve(self, quantizer: str) -> dict[int, Recipe]:
+        """The quantization curve's recipes by bit width: every curve and grid bit width."""
+        return {b: self.quantizer(quantizer, b) for b in sorted(set(self.curve_bits) | set(self.bits), reverse=True)}
+
+    def points(self) -> list["PointSpec"]:
+        return [PointSpec(self, m, pr, q, p, b) for m in self.models for pr in self.pruners for q in self.quantizers
+                for p in self.ratios for b in self.bits]
+
+    def hypotheses(self) -> list["HypothesisSpec"]:
+        return [HypothesisSpec(self, m, pr, q, p) for m in self.models for pr in self.pruners
+                for q in self.quantizers for p in self.ratios]
+
+    def interference_specs(self) -> list["InterferenceSpec"]:
+        if not self.interference:
+            return []
+        return [InterferenceSpec(self, m, pr, q, p) for m in self.models for pr in self.pruners
+                for q in self.quantizers for p in self.ratios]
+
+    def cases(self) -> list["Case"]:
+        """Every distinct measurement the grid needs, cheapest kinds first (dense, single methods, joint)."""
+        found: dict[tuple[str, str], Case] = {}
+
+        def add(model: str, recipe: Recipe, role: str, label: str) -> None:
+            found.setdefault((model, recipe.key), Case(model, recipe, role, label))
+
+        for model in self.models:
+            add(model, Recipe(()), "dense", "dense")
+            for pruner in self.pruners:
+                for p in self.ratios:
+                    add(model, self.pruner(pruner, p), "prune", short(self.pruner(pruner, p)))
+            for quantizer in self.quantizers:
+                for recipe in self.curve(quantizer).values():
+                    add(model, recipe, "quant", short(recipe))
+            for pt in self.points():
+                if pt.model == model:
+                    for order in self.orders:
+                        recipe = self.joint(pt.pruner, pt.quantizer, pt.p, pt.bits, order)
+                        add(model, recipe, "joint", f"{short(self.pruner(pt.pruner, pt.p))}-"
+                                                    f"{short(self.quantizer(pt.quantizer, pt.bits))}-{order}")
+        return list(found.values())
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measurement of the grid: a model and a recipe; `label` is its readable test id."""
+
+    model: str
+    recipe: Recipe
+    role: str  # dense, prune, quant, joint
+    label: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-{self.label}"
+
+
+@dataclass(frozen=True)
+class PointSpec:
+    """One point of Fig. 3: a pruner at ratio p and a quantizer at B bits, both orders."""
+
+    suite: Suite
+    model: str
+    pruner: str
+    quantizer: str
+    p: float
+    bits: int
+
+    def recipe(self, order: str) -> Recipe:
+        return self.suite.joint(self.pruner, self.quantizer, self.p, self.bits, order)
+
+
+@dataclass(frozen=True)
+class HypothesisSpec:
+    """Hypothesis 1 for one (model, pruner, quantizer, p): A(Q->P) over the grid's bit widths."""
+
+    suite: Suite
+    model: str
+    pruner: str
+    quantizer: str
+    p: float
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-{short(self.suite.pruner(self.pruner, self.p))}-{compact(self.quantizer)}"
+
+    def points(self) -> list[PointSpec]:
+        return [PointSpec(self.suite, self.model, self.pruner, self.quantizer, self.p, b) for b in self.suite.bits]
+
+
+@dataclass(frozen=True)
+class InterferenceSpec(HypothesisSpec):
+    """Table 1 for one pruner: A(Q->P) at a fixed p across bit widths, and whether the structure changed."""
+
+
+def short(recipe: Recipe) -> str:
+    """A recipe as a test id: no spaces (`quarot>rtn:w=4,a=4,kv=4`)."""
+    return compact(str(recipe))
+
+
+def compact(text: str) -> str:
+    return "".join(text.split())
+
+
+def with_values(template: str, values: dict[str, Any], kind: str) -> Recipe:
+    """Fill the grid's values into the last stage of a template (`quarot > gptq:g=64` -> `... > gptq:g=64,w=4`)."""
+    kinds = [method_class(part.partition(":")[0].strip().lower()).kind for part in template.split(">")]
+    if kinds[-1] != kind or any(k not in (kind, "transform") for k in kinds):
+        accepted = "a pruner: wanda, sparsegpt, sleb, magnitude (with options, e.g. sparsegpt:damp=0.02)" \
+            if kind == "prune" else "a quantizer: rtn, gptq, or a rotation then one, e.g. 'quarot > gptq:g=64'"
+        raise PqqpError(f"{'pruner' if kind == 'prune' else 'quantizer'} {template!r} in the suite is not accepted: "
+                        f"accepted {accepted}")
+    last = template.rsplit(">", 1)[-1]
+    given = {item.split("=")[0].strip().lower() for item in last.partition(":")[2].split(",") if item.strip()}
+    clash = sorted(given & set(values))
+    if clash:
+        raise PqqpError(f"{template!r} sets {clash[0]}= itself; the suite's grid sets it: remove it from the template")
+    extra = ",".join(f"{k}={format_value(v)}" for k, v in values.items())
+    return parse_recipe(f"{template}{',' if ':' in last else ':'}{extra}")
+
+
+# --- loading and checking -------------------------------------------------------------------------------
+
+TUPLES = {"models": str, "seeds": int, "pruners": str, "quantizers": str, "ratios": float, "bits": int,
+          "quantize": str, "orders": str, "curve_bits": int}
+
+
+def split_list(name: str, value: str) -> list[str]:
+    """'a,b' -> [a, b]. Templates may hold commas (`gptq:g=64,sym=false`): separate those with ';'."""
+    if name in ("pruners", "quantizers") and (";" in value or ":" in value):
+        return value.split(";")
+    return value.split(",")
+
+
+def coerce(name: str, value: Any) -> Any:
+    """A YAML or command-line value as the field's type; lists may also be given as 'a,b,c'."""
+    if name in TUPLES:
+        items = split_list(name, value) if isinstance(value, str) else value
+        items = items if isinstance(items, (list, tuple)) else [items]
+        try:
+            return tuple(TUPLES[name](str(v).strip()) for v in items if str(v).strip())
+        except ValueError:
+            raise PqqpError(f"bad value {name}={value!r} in the suite: accepted a list of {TUPLES[name].__name__}") from None
+    kinds = {f.name: f.type for f in fields(Suite) if f.name != "source"}
+    if name not in kinds:
+        raise PqqpError(f"unknown suite key '{name}': accepted {', '.join(kinds)}")
+    if value is None:
+        return None
+    caster = {"int": int, "float": float, "bool": to_bool, "str": str}.get(str(kinds[name]).split(" ")[0])
+    try:
+        return caster(value) if caster else value
+    except ValueError:
+        raise PqqpError(f"bad value {name}={value!r} in the suite: accepted a {kinds[name]}") from None
+
+
+def to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+def load_suite(path: str | Path, **overrides: Any) -> Suite:
+    """Read a suite YAML; `overrides` (e.g. from command-line options, None meaning not given) win over it."""
+    path = Path(path)
+    if not path.is_file():
+        raise PqqpError(f"suite file {str(path)!r} does not exist: accepted a suite YAML such as suites/default.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise PqqpError(f"suite file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise PqqpError(f"suite file {str(path)!r} must hold a mapping of keys (models, pruners, ...), not {type(raw).__name__}")
+    if "model" in raw:
+        raw["models"] = raw.pop("model")
+    values = {k: coerce(k, v) for k, v in raw.items()}
+    values.update({k: coerce(k, v) for k, v in overrides.items() if v is not None})
+    return Suite(**{"name": path.stem, **values, "source": str(path)})
+
+
+def check_grid(suite: Suite) -> None:
+    """Refuse a grid that cannot run, before any model is loaded: every error names the bad value."""
+    for name in ("models", "seeds", "pruners", "quantizers", "ratios", "bits", "orders", "quantize"):
+        if not getattr(suite, name):
+            raise PqqpError(f"suite key '{name}' is empty: give at least one value")
+    for order in suite.orders:
+        if order not in ORDERS:
+            raise PqqpError(f"unknown order {order!r}: accepted {', '.join(ORDERS)}")
+    for key in suite.quantize:
+        if key not in QUANTIZED:
+            raise PqqpError(f"quantize={key!r} is not accepted: accepted a list of w, a, kv")
+    for b in (*suite.bits, *suite.curve_bits):
+        if not 2 <= b <= 16:
+            raise PqqpError(f"bit width {b} is not accepted: accepted integers 2..16")
+    if suite.max_ppl_ratio <= 1.0:
+        raise PqqpError(f"max_ppl_ratio={suite.max_ppl_ratio} is not accepted: a ratio to the dense perplexity > 1")
+    if suite.noise_sigmas < 0 or suite.bootstrap < 2:
+        raise PqqpError(f"noise_sigmas={suite.noise_sigmas}, bootstrap={suite.bootstrap}: accepted sigmas >= 0 and "
+                        f"at least 2 bootstrap resamples")
+    for template in suite.pruners:
+        for p in suite.ratios:
+            suite.pruner(template, p)
+    for template in suite.quantizers:
+        for b in suite.bits:
+            suite.quantizer(template, b)
+
+
+def override(suite: Suite, **values: Any) -> Suite:
+    """The suite with some keys replaced (None: keep), checked again."""
+    given = {k: coerce(k, v) for k, v in values.items() if v is not None}
+    return replace(suite, **given) if given else suite
