@@ -2,6 +2,7 @@
 
     python benchmarks/grid_speed.py [--suite suites/default.yaml] [--pruners magnitude,wanda] [--ratios 0.2,0.3]
                                     [--bits 6,8] [--curve-bits 4,6,8] [--eval-tokens 1024] [--calib-samples 4]
+    python benchmarks/grid_speed.py --counts     # measurements each approach needs, for the shipped suites
 
 Both produce the same thing: for every point (model, pruner, quantizer, p, B) of the grid, A(Q->P) and the CER
 difference C*_P - C_Q (paper §3). That needs, per point, the dense model, the pruner alone, the quantizer's
@@ -59,6 +60,14 @@ def naive(suite: Suite) -> tuple[dict, float, int]:
     return values, time.perf_counter() - start, measured
 
 
+def measurement_counts(suite: Suite) -> tuple[int, int]:
+    """(harness, naive) numbers of compress-and-evaluate runs the suite's points need: the harness measures each
+    distinct recipe once; the naive loop measures, per point, the dense model, the curve, the pruner alone and
+    both orders."""
+    per_point = 1 + len(suite.curve(suite.quantizers[0])) + 1 + 2
+    return len(suite.cases()), len(suite.points()) * per_point
+
+
 def key(spec: PointSpec) -> tuple:
     return spec.model, spec.pruner, spec.quantizer, spec.p, spec.bits
 
@@ -73,7 +82,15 @@ def main() -> None:
     parser.add_argument("--curve-bits", default="4,6,8")
     parser.add_argument("--eval-tokens", type=int, default=1024)
     parser.add_argument("--calib-samples", type=int, default=4)
+    parser.add_argument("--counts", action="store_true",
+                        help="only print, for each shipped suite, how many measurements each approach needs")
     args = parser.parse_args()
+    if args.counts:
+        for path in sorted((REPO / "suites").glob("*.yaml")):
+            ours, theirs = measurement_counts(load_suite(path))
+            print(f"{path.name:18s} points {len(load_suite(path).points()):4d}  measurements: harness {ours:4d}, "
+                  f"naive loop {theirs:5d} ({theirs / ours:.1f}x)")
+        return
     suite = load_suite(args.suite, pruners=args.pruners, quantizers=args.quantizers, ratios=args.ratios,
                        bits=args.bits, curve_bits=args.curve_bits, eval_tokens=args.eval_tokens,
                        calib_samples=args.calib_samples, seeds="0")
