@@ -14,7 +14,7 @@ Every YAML key can be overridden by a `--pqqp-*` option or a `pqqp run` flag of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -290,9 +290,3 @@ def check_grid(suite: Suite) -> None:
     for template in suite.quantizers:
         for b in suite.bits:
             suite.quantizer(template, b)
-
-
-def override(suite: Suite, **values: Any) -> Suite:
-    """The suite with some keys replaced (None: keep), checked again."""
-    given = {k: coerce(k, v) for k, v in values.items() if v is not None}
-    return replace(suite, **given) if given else suite

@@ -118,3 +118,16 @@ def test_foreign_store_is_refused_and_kept(grid: Path) -> None:
     assert result.returncode != 0
     assert "pqqp:" in result.stdout + result.stderr and str(store) in result.stdout + result.stderr
     assert store.read_text() == "my notes, not a results store\n"
+
+
+def test_structured_pruning_shows_no_interference(grid: Path, model_dir: Path, text_file: Path) -> None:
+    """Table 1 on the tiny model: where both orders remove the same blocks, SLEB's A(Q->P) is exactly zero."""
+    (grid / "tiny.yaml").write_text(
+        f"models: ['{model_dir}']\ncorpus: '{text_file}'\nseqlen: 32\ncalib_samples: 4\neval_tokens: 256\n"
+        "device: cpu\npruners: [sleb]\nquantizers: [rtn]\nratios: [0.5]\nbits: [4, 8]\ncurve_bits: [4, 8]\n"
+        "bootstrap: 100\ninterference: true\n")
+    result = run(grid, grid / "store.sqlite", "-k", "interference", "-s")
+    out = result.stdout + result.stderr
+    assert outcomes(out, "test_interference") == ["PASSED"], out[-3000:]
+    assert out.count("same blocks removed: True") == 2 and "A(Q->P) = +0 ±" in out
+    assert "Interference (Table 1)" in out
