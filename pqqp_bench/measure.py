@@ -14,7 +14,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import PqqpError
@@ -22,6 +22,9 @@ from .hypothesis import CER, Estimate, Point, cer, combine_seeds, is_collapsed, 
 from .store import Measurement, MeasurementKey, Store
 from .suite import Case, HypothesisSpec, PointSpec, Suite
 from .spec import Recipe, parse_recipe
+
+if TYPE_CHECKING:
+    from .experiment import Experiment
 
 METRIC = "ppl"
 
@@ -103,7 +106,8 @@ class Bench:
             self.computed.append(digest)
             return self.store.get(key) or measurement
 
-    def experiment(self, model: str):
+    def experiment(self, model: str) -> "Experiment":
+        """The model's loaded experiment (model, corpus, calibration, evaluation windows), built once."""
         if model not in self.experiments:
             from .experiment import Experiment
 
