@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -16,20 +15,18 @@ from tabulate import tabulate
 from transformers.utils import logging as hf_logging
 
 from . import __version__
+from .compress import bits_label
 from .data import available_corpora
 from .errors import PqqpError
 from .experiment import CaseResult, Experiment, Settings
 from .methods import METHODS
 from .models import available_models
 from .spec import parse_recipe
+from .store import default_store_path
 
 
 SUITE_KEYS = ("corpus", "seqlen", "calib_samples", "eval_tokens", "holdout", "batch_size", "device")
 GRID_FLAGS = ("pruners", "quantizers", "ratios", "bits", "orders", "curve_bits", "seeds", "max_ppl_ratio")
-
-
-def default_store() -> str:
-    return os.environ.get("PQQP_STORE", "results/pqqp.sqlite")
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +53,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def describe(case: CaseResult) -> str:
     req, ach = case.report.requested, case.report.achieved()
-    bits = " ".join(f"{k.upper()}{ach[f'{k}_bits']}" for k in ("w", "a", "kv") if ach[f"{k}_bits"]) or "fp32"
+    bits = bits_label(ach) or "fp32"
     p = case.perplexity
     return "\n".join(
         [
@@ -178,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--recipe", action="append",
                      help="an ordered recipe, e.g. 'wanda:p=0.3 > rtn:w=4,a=4,kv=4' (repeatable; 'dense' for none)")
     run.add_argument("--suite", help="run a suite's whole grid (e.g. suites/default.yaml) through the results store")
-    run.add_argument("--store", default=default_store(), help="results store of --suite (default $PQQP_STORE or results/pqqp.sqlite)")
+    run.add_argument("--store", default=str(default_store_path()), help="results store of --suite (default $PQQP_STORE or results/pqqp.sqlite)")
     run.add_argument("--refresh", action="store_true", help="with --suite: recompute stored measurements")
     for flag in GRID_FLAGS:
         run.add_argument(f"--{flag.replace('_', '-')}", default=None, help=f"with --suite: override the suite's {flag}")
@@ -188,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(run)
     run.set_defaults(func=command_run)
     export = sub.add_parser("export", help="write a results store's measurements to JSON and/or CSV")
-    export.add_argument("--store", default=default_store(), help="the results store (default $PQQP_STORE or results/pqqp.sqlite)")
+    export.add_argument("--store", default=str(default_store_path()), help="the results store (default $PQQP_STORE or results/pqqp.sqlite)")
     export.add_argument("--json", help="write a JSON list here")
     export.add_argument("--csv", help="write a CSV table here")
     export.set_defaults(func=command_export)

@@ -82,6 +82,11 @@ class CompressionReport:
         return {**asdict(self), "achieved": self.achieved()}
 
 
+def bits_label(achieved: dict) -> str:
+    """The achieved bit widths as text, e.g. `W4 A4 KV4` (empty where nothing is quantized)."""
+    return " ".join(f"{k.upper()}{achieved[f'{k}_bits']}" for k in ("w", "a", "kv") if achieved.get(f"{k}_bits"))
+
+
 @contextmanager
 def input_statistics(linears: dict[str, nn.Linear], kind: str) -> Iterator[dict[str, torch.Tensor]]:
     """Accumulate, through forward hooks, each Linear's input statistic over the tokens it sees.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,11 +72,19 @@ class Bench:
                                                          trust_remote_code=self.trust_remote_code)
         return self.fingerprints[model]
 
+    @cached_property
+    def corpus_id(self) -> str:
+        return corpus_identity(self.suite.corpus)  # hashes a corpus file: once, not on every lookup
+
+    def seeds_for(self, *recipes: Recipe) -> tuple[int, ...]:
+        """The suite's seeds where one of `recipes` can depend on the seed, else just the first."""
+        return self.suite.seeds if any(uses_seed(r) for r in recipes) else self.suite.seeds[:1]
+
     def key(self, model: str, recipe: Recipe, seed: int) -> MeasurementKey:
         s = self.suite
         seeded = uses_seed(recipe)
         return MeasurementKey(
-            model=model, model_hash=self.fingerprint(model), corpus=corpus_identity(s.corpus),
+            model=model, model_hash=self.fingerprint(model), corpus=self.corpus_id,
             split=f"holdout={s.holdout:g},seqlen={s.seqlen},tokens={s.eval_tokens}", recipe=str(recipe),
             recipe_key=recipe.key, metric=METRIC, seed=seed if seeded else -1,
             calibration=f"samples={s.calib_samples},seqlen={s.seqlen}" if seeded else "",
@@ -137,13 +146,11 @@ class Bench:
 
     def measure_case(self, case: Case) -> list[Measurement]:
         """A case under every seed that can change it (one measurement where none can)."""
-        seeds = self.suite.seeds if uses_seed(case.recipe) else self.suite.seeds[:1]
-        return [self.measure(case.model, case.recipe, seed) for seed in seeds]
+        return [self.measure(case.model, case.recipe, seed) for seed in self.seeds_for(case.recipe)]
 
     def stored_case(self, case: Case) -> list[Measurement]:
         """The case's stored measurements (every seed that can change it); computes nothing."""
-        seeds = self.suite.seeds if uses_seed(case.recipe) else self.suite.seeds[:1]
-        found = (self.store.get(self.key(case.model, case.recipe, seed)) for seed in seeds)
+        found = (self.store.get(self.key(case.model, case.recipe, seed)) for seed in self.seeds_for(case.recipe))
         return [m for m in found if m is not None]
 
     # --- hypothesis inputs -------------------------------------------------------------------------------
@@ -168,7 +175,7 @@ class Bench:
         qp_recipe, pq_recipe = spec.recipe("Q>P"), spec.recipe("P>Q")
         estimates: list[Estimate] = []
         ppls: list[float] = []
-        for seed in self.suite.seeds if (uses_seed(qp_recipe) or uses_seed(pq_recipe)) else self.suite.seeds[:1]:
+        for seed in self.seeds_for(qp_recipe, pq_recipe):
             qp, pq = self.measure(spec.model, qp_recipe, seed), self.measure(spec.model, pq_recipe, seed)
             ppls += [qp.value, pq.value]
             if not all(math.isfinite(v) for v in (qp.value, pq.value)):

@@ -194,13 +194,13 @@ def model_fingerprint(name: str, *, cache_dir: Path | None = None, trust_remote_
     the model. A hub model's config is read (from the local cache when offline) for its commit hash.
     """
     location, source = resolve(name, Path(cache_dir) if cache_dir else default_cache_dir())
-    if Path(location).is_dir():
-        return folder_fingerprint(Path(location))
-    try:
-        config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise PqqpError(f"cannot read the config of model {name!r} ({source}): {reason}") from None
+    config = None
+    if not Path(location).is_dir():
+        try:
+            config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, KeyError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise PqqpError(f"cannot read the config of model {name!r} ({source}): {reason}") from None
     return location_fingerprint(location, config)
 
 

@@ -115,10 +115,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def store_path(config: pytest.Config) -> Path:
-    import os
+    from .store import default_store_path
 
-    given = config.getoption("pqqp_store") or os.environ.get("PQQP_STORE")
-    return Path(given) if given else Path(config.rootpath) / "results" / "pqqp.sqlite"
+    given = config.getoption("pqqp_store")
+    return Path(given) if given else default_store_path(Path(config.rootpath))
 
 
 @pytest.fixture(scope="session")

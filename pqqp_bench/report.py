@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from tabulate import tabulate
 
+from .compress import bits_label
 from .hypothesis import Monotonicity, Point, exponential_fit, interference_table, monotonicity
 from .measure import Bench, Missing
 from .suite import HypothesisSpec, InterferenceSpec
@@ -25,7 +26,7 @@ def case_rows(bench: Bench) -> list[tuple]:
     for case in bench.suite.cases():
         for m in bench.stored_case(case):
             ach = m.details["achieved"]
-            bits = " ".join(f"{k.upper()}{ach[f'{k}_bits']}" for k in ("w", "a", "kv") if ach.get(f"{k}_bits")) or "-"
+            bits = bits_label(ach) or "-"
             rows.append((case.model, str(case.recipe), case.recipe.order or "-", m.key.seed if m.key.seed >= 0 else "-",
                          f"{ach['sparsity']:.3f}", bits, f"{ach['total']:.2f}", f"{m.value:.4f}",
                          f"{m.details['seconds'].get('compress', 0):.1f}", f"{m.details['seconds'].get('evaluate', 0):.1f}"))
@@ -101,7 +102,7 @@ def interference_rows(bench: Bench, spec: InterferenceSpec) -> list[tuple]:
     """(C_Q, bits, pruner, A, same structure) for each bit width: Table 1's cells for one pruner."""
     rows = []
     for pt_spec in spec.points():
-        point, extra = bench.point(pt_spec)
+        point, _ = bench.point(pt_spec)
         qp = bench.removed_blocks(spec.model, pt_spec.recipe("Q>P"), bench.suite.seeds[0])
         pq = bench.removed_blocks(spec.model, pt_spec.recipe("P>Q"), bench.suite.seeds[0])
         same = None if qp is None and pq is None else qp == pq

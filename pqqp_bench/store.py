@@ -55,6 +55,12 @@ _MOVE_AWAY = "choose another --pqqp-store path or move the file away"
 _OPEN_LOCK = ".open.lock"
 
 
+def default_store_path(root: Path = Path(".")) -> Path:
+    """Where a run keeps its results unless told otherwise: `$PQQP_STORE`, or `results/pqqp.sqlite` under `root`."""
+    given = os.environ.get("PQQP_STORE")
+    return Path(given) if given else root / "results" / "pqqp.sqlite"
+
+
 class StoreError(PqqpError):
     """The results store file cannot be used: not ours, corrupt, or written by a newer harness."""
 

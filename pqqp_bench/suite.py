@@ -23,7 +23,7 @@ import yaml
 from .errors import PqqpError
 from .experiment import Settings
 from .methods import method_class
-from .methods.base import format_value
+from .methods.base import boolean, format_value
 from .spec import Recipe, parse_recipe
 
 ORDERS = ("P>Q", "Q>P")
@@ -97,8 +97,7 @@ class Suite:
     def interference_specs(self) -> list["InterferenceSpec"]:
         if not self.interference:
             return []
-        return [InterferenceSpec(self, m, pr, q, p) for m in self.models for pr in self.pruners
-                for q in self.quantizers for p in self.ratios]
+        return [InterferenceSpec(h.suite, h.model, h.pruner, h.quantizer, h.p) for h in self.hypotheses()]
 
     def cases(self) -> list["Case"]:
         """Every distinct measurement the grid needs, cheapest kinds first (dense, single methods, joint)."""
@@ -237,14 +236,7 @@ def coerce(name: str, value: Any) -> Any:
 
 
 def to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(value)
+    return value if isinstance(value, bool) else boolean(str(value))
 
 
 def load_suite(path: str | Path, **overrides: Any) -> Suite:

@@ -207,5 +207,13 @@ def ratio_up_to_one(text: str) -> float:
     return value
 
 
+def boolean(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
 def clip_mode(text: str) -> str | float:
     return text.lower() if text.lower() in ("mse", "none") else ratio_up_to_one(text)

@@ -15,19 +15,13 @@ from typing import ClassVar
 import torch
 
 from ..errors import PqqpError
-from .base import LayerWork, Param
+from .base import LayerWork, Param, boolean
 from .obs import inverse_hessian_factor, sweep
 from .quantize import WeightGrid, fit_grid
 from .rtn import Quantizer
 from .sparsegpt import OBS_PARAMS
 
 
-def boolean(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(text)
 
 
 class GPTQTargets:
