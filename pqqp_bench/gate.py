@@ -15,7 +15,8 @@ A case regresses when, per the suite's `gate:` rule for its metric (`GateRule`):
 * `min_recovery`: it kept less than that fraction of the dense model's quality (ppl: dense/ppl; accuracy:
   acc/dense) while the baseline kept at least that much.
 
-Cases only in the baseline are reported as missing; cases only in the store are new; neither fails the gate.
+Cases only in the baseline are reported as missing; cases only in the store are new; neither fails the gate,
+except that a baseline none of whose cases is in the store fails it (the gate would have checked nothing).
 """
 
 from __future__ import annotations
@@ -195,6 +196,11 @@ class Outcome:
     def regressions(self) -> list[Finding]:
         return [f for f in self.findings if f.reason]
 
+    @property
+    def failed(self) -> bool:
+        """A regression, or a baseline none of whose cases could be compared (a gate that checked nothing)."""
+        return bool(self.regressions) or (not self.findings and bool(self.missing))
+
 
 def dense_means(snap: Snapshot) -> dict[tuple[str, str], float]:
     return {(m, k): vals.mean() for (m, r, k), vals in snap.cases.items() if r == str(Recipe(()))}
@@ -257,8 +263,11 @@ def render(outcome: Outcome, suite: Suite, base_path: Path) -> str:
     if outcome.missing:
         lines.append("missing from the current store (not compared): "
                      + "; ".join(f"{r} ({k})" for _, r, k in outcome.missing))
+    if outcome.failed and not regressions:
+        lines.append("no case of the baseline is in the current store: measurements are keyed by the harness "
+                     "version and the suite's settings; run the suite, or rewrite the baseline with --update-baseline")
     metrics = {f.case[2] for f in outcome.findings} or {"ppl"}
-    verdict = "FAILED" if regressions else "passed"
+    verdict = "FAILED" if outcome.failed else "passed"
     lines.append(f"pqqp gate {verdict}: {len(regressions)} of {len(outcome.findings)} compared cases regressed "
                  f"against {base_path} ({describe_rules(suite, metrics)}); {len(outcome.missing)} missing, "
                  f"{len(outcome.new)} new")
@@ -283,4 +292,4 @@ def run_gate(bench: Bench, baseline: str | Path, *, update: bool = False) -> tup
     base = load_baseline(path)
     check_comparable(base, current, path)
     outcome = compare(base, current, bench.suite)
-    return (1 if outcome.regressions else 0), render(outcome, bench.suite, path)
+    return (1 if outcome.failed else 0), render(outcome, bench.suite, path)

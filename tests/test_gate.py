@@ -114,6 +114,13 @@ def test_missing_cases_are_reported_not_failed(setup: dict) -> None:
     assert code == 0 and "missing from the current store" in out and PLANTED in out and "1 missing" in out
 
 
+def test_a_gate_that_compares_nothing_fails(setup: dict) -> None:
+    empty = setup["tmp"] / "empty.sqlite"
+    fill(open_bench(load_suite(setup["suite"]), empty), skip=lambda r: True)
+    code, out = gate(setup["suite"], empty, setup["baseline"])
+    assert code == 1 and "no case of the baseline is in the current store" in out and "0 of 0 compared" in out
+
+
 @pytest.mark.parametrize("field, value, named", [
     ("models", {"smollm2-135m": "0123456789abcdef"}, "'smollm2-135m'"),
     ("corpus", "austen", "'austen'"),
