@@ -208,6 +208,8 @@ def dense_means(snap: Snapshot) -> dict[tuple[str, str], float]:
 
 def judge(case: CaseId, base: Values, cur: Values, rule: GateRule, sigmas: float,
           dense: tuple[float | None, float | None]) -> Finding | None:
+    """One case under `rule`; `dense` holds the dense model's (baseline, current) value for min_recovery.
+    None where the two sides share no seed (then the case counts as missing)."""
     seeds = set(base.seeds) & set(cur.seeds)
     if not seeds:
         return None

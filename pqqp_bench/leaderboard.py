@@ -191,9 +191,9 @@ def convention(suite: Suite) -> str:
     """How the metric was measured; a perplexity means nothing without its window size."""
     windows = suite.eval_tokens // suite.seqlen
     return (f"Perplexity is token-level over {windows} non-overlapping windows of {suite.seqlen} tokens of "
-            f"`{suite.corpus}` (its last {suite.holdout:g} held out from calibration); lower is better, "
+            f"{suite.corpus} (its last {suite.holdout:g} held out from calibration); lower is better, "
             f"M = -ppl. Calibration: {suite.calib_samples} windows of {suite.seqlen} tokens, seeds "
-            f"{', '.join(map(str, suite.seeds))}; `a ± b (n seeds)` is the mean and sample std over seeds.")
+            f"{', '.join(map(str, suite.seeds))}; a ± b (n seeds) is the mean and sample std over seeds.")
 
 
 def cer_text(value: CER | None) -> str:
@@ -444,7 +444,7 @@ def index(boards: list[ModelBoard], source: Provenance) -> str:
 
 
 CSS = ("body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse;margin:0.5em 0 1.5em}"
-       "th,td{border:1px solid #bbb;padding:0.2em 0.6em;text-align:right}th{background:#eee}"
+       "th,td{border:1px solid #bbb;padding:0.2em 0.6em;text-align:right}th{background:#eee}td:first-child{text-align:left}"
        ".note{color:#444;font-size:0.9em}img{display:block;margin:1em 0}")
 
 

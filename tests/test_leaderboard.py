@@ -52,7 +52,7 @@ def test_building_twice_gives_identical_files(bench: Bench, tmp_path: Path) -> N
 def test_tables_hold_every_case_with_missing_cells_and_seed_spreads(bench: Bench, tmp_path: Path) -> None:
     build(bench, tmp_path, "pqqp leaderboard --suite suite.yaml")
     text = (tmp_path / "leaderboard.md").read_text()
-    assert "token-level over 8 non-overlapping windows of 32 tokens of `pydoc`" in text
+    assert "token-level over 8 non-overlapping windows of 32 tokens of pydoc" in text
     for title in ("Dense model", "Quantization alone", "Pruning alone", "Joint compression, both orders",
                   "Progressive Intensity Hypothesis", "Ranking at equal total compression ratio"):
         assert f"#### {title}" in text
