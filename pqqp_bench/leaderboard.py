@@ -27,7 +27,7 @@ from tabulate import tabulate
 from . import __version__
 from .hypothesis import CER, Point, oriented, quant_ratio
 from .measure import METRIC, Bench, Missing
-from .report import Verdict, trend, verdict
+from .report import Verdict, fmt, trend, verdict
 from .spec import Recipe
 from .store import Measurement
 from .suite import ORDERS, Case, HypothesisSpec, Suite, compact
@@ -255,13 +255,13 @@ def verdict_table(board: ModelBoard, sigmas: float) -> Table:
             continue
         r = v.result
         rows.append((compact(spec.pruner), compact(spec.quantizer), f"{spec.p:g}", v.status, str(r.n_points),
-                     str(len(r.excluded)), str(len(r.violations)), number(r.spearman, 3), number(r.kendall, 3),
+                     str(len(r.excluded)), str(len(r.violations)), fmt(r.spearman, 3), fmt(r.kendall, 3),
                      fit_text(v)))
     return Table("Progressive Intensity Hypothesis (Hypothesis 1)",
                  ("pruner", "quantizer", "p", "verdict", "points", "collapsed", "violations", "Spearman", "Kendall",
                   "exponential fit"), tuple(rows),
                  f"A(Q→P) must be non-decreasing in x = C*_P − C_Q; a violation is a drop beyond {sigmas:g} standard "
-                 f"errors of the difference. The fit (Fig. 3) needs 3 distinct x.")
+                 f"errors of the difference. Rank correlations and the fit (Fig. 3) need 3 distinct x ('-' below that).")
 
 
 def score(value: float) -> float:
@@ -384,8 +384,10 @@ def plot_ratio(board: ModelBoard, suite: Suite, path: Path) -> None:
                                 color=colour(suite, p), label=f"p={p:g} {ARROW[order]}")
             ax.set_xlabel("total compression ratio C_P·C_Q (achieved)")
             ax.set_ylabel("perplexity")
-            if ax.get_legend_handles_labels()[0]:
+            low, high = ax.get_ylim()
+            if low > 0 and high / low > 10:  # collapsed points: a log axis keeps the rest readable
                 ax.set_yscale("log")
+            if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
         fig.suptitle(f"{board.model}: perplexity vs compression, both orders", fontsize=10)
         save(fig, path)
