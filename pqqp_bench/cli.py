@@ -1,4 +1,5 @@
-"""`pqqp`: run recipes, and list the models, corpora and methods available here.
+"""`pqqp`: run recipes, build the leaderboard, gate a store on a baseline, and list the models, corpora and
+methods available here.
 
 Bad input prints one line `pqqp: error: ...` naming the bad value and what is accepted, and exits 2.
 """
@@ -10,6 +11,7 @@ import json
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tabulate import tabulate
 from transformers.utils import logging as hf_logging
@@ -23,6 +25,11 @@ from .methods import METHODS
 from .models import available_models
 from .spec import parse_recipe
 from .store import default_store_path
+
+if TYPE_CHECKING:
+    from .measure import Bench
+    from .store import Store
+    from .suite import Suite
 
 
 SUITE_KEYS = ("corpus", "seqlen", "calib_samples", "eval_tokens", "holdout", "batch_size", "device")
@@ -102,12 +109,50 @@ def command_suite(args: argparse.Namespace) -> int:
     return 0
 
 
+def existing_store(path: str) -> str:
+    if not Path(path).is_file():
+        raise PqqpError(f"store {path!r} does not exist: accepted an existing results store (pqqp run --suite ...)")
+    return path
+
+
+def stored_bench(suite: "Suite", store: "Store", args: argparse.Namespace) -> "Bench":
+    """A lookup-only bench over the suite's stored measurements: reports and the gate never compute."""
+    from .measure import Bench
+
+    return Bench(suite, store, lookup_only=True, progress=False, cache_dir=args.cache_dir)
+
+
+def command_leaderboard(args: argparse.Namespace) -> int:
+    """`pqqp leaderboard`: tables, plots and an index from the store; the command is recorded in the index."""
+    from .leaderboard import build
+    from .store import Store
+    from .suite import load_suite
+
+    command = f"pqqp leaderboard --suite {args.suite} --store {args.store} --out {args.out}"
+    suite = load_suite(args.suite)
+    with Store(existing_store(args.store)) as store:
+        for path in build(stored_bench(suite, store, args), Path(args.out), command):
+            print(f"wrote {path}")
+    return 0
+
+
+def command_gate(args: argparse.Namespace) -> int:
+    """`pqqp gate`: 1 when a case regressed against the baseline, 0 otherwise (2: bad input)."""
+    from .gate import run_gate, with_overrides
+    from .store import Store
+    from .suite import load_suite
+
+    suite = with_overrides(load_suite(args.suite, noise_sigmas=args.noise_sigmas), args.rel_tol, args.min_recovery)
+    with Store(existing_store(args.store)) as store:
+        code, text = run_gate(stored_bench(suite, store, args), args.baseline, update=args.update_baseline)
+    print(text)
+    return code
+
+
 def command_export(args: argparse.Namespace) -> int:
     from .store import Store
 
-    if not Path(args.store).is_file():
-        raise PqqpError(f"store {args.store!r} does not exist: accepted an existing results store (pqqp run --suite ...)")
-    with Store(args.store) as store:
+    with Store(existing_store(args.store)) as store:
         for path, write in ((args.json, store.export_json), (args.csv, store.export_csv)):
             if path:
                 print(f"{write(path)} measurements written to {path}")
@@ -189,6 +234,24 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--json", help="write a JSON list here")
     export.add_argument("--csv", help="write a CSV table here")
     export.set_defaults(func=command_export)
+    board = sub.add_parser("leaderboard", help="write Markdown/HTML tables, PNG plots and an index from the store")
+    gate = sub.add_parser("gate", help="compare the store with a baseline: exit 1 when a case regressed")
+    for command in (board, gate):
+        command.add_argument("--suite", default="suites/default.yaml", help="the suite (default suites/default.yaml)")
+        command.add_argument("--store", default=str(default_store_path()),
+                             help="the results store (default $PQQP_STORE or results/pqqp.sqlite)")
+        command.add_argument("--cache-dir", default=None, help="model cache, for the weights' fingerprints")
+    board.add_argument("--out", default="leaderboard", help="output folder (default leaderboard)")
+    board.set_defaults(func=command_leaderboard)
+    gate.add_argument("--baseline", required=True, help="baseline JSON, e.g. leaderboard/baseline.json")
+    gate.add_argument("--update-baseline", action="store_true", help="write the store's values as the new baseline")
+    gate.add_argument("--rel-tol", type=float, default=None,
+                      help="allowed relative worsening per case, e.g. 0.02 (default: the suite's gate rule, else 0.02)")
+    gate.add_argument("--min-recovery", type=float, default=None,
+                      help="fraction of the dense quality a case must keep, e.g. 0.5 (default: the suite's, else off)")
+    gate.add_argument("--noise-sigmas", type=float, default=None,
+                      help="noise allowance in standard errors of the seed spread (default: the suite's noise_sigmas)")
+    gate.set_defaults(func=command_gate)
     for name, func, text in (("models", command_models, "list the embedded models"),
                              ("corpora", command_corpora, "list the corpora and why one is missing"),
                              ("methods", command_methods, "list the compression methods and their parameters")):

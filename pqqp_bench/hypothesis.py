@@ -58,6 +58,27 @@ def metric_from_ppl(ppl: float) -> float:
     return -ppl
 
 
+LOWER_IS_BETTER = frozenset({"ppl"})
+"""Store metric names whose raw value is lower-is-better; any other metric (an accuracy) is higher-is-better."""
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric not in LOWER_IS_BETTER
+
+
+def oriented(metric: str, value: float) -> float:
+    """The paper's higher-is-better M of a stored value (§2): -ppl for perplexity, the value itself otherwise."""
+    return metric_from_ppl(value) if metric == "ppl" else _not_nan(metric, value)
+
+
+def recovery(metric: str, value: float, dense: float) -> float:
+    """The fraction of the dense model's quality kept: value/dense (higher-is-better), dense/value (perplexity)."""
+    value, dense = _not_nan(metric, value), _finite(f"dense {metric}", dense)
+    if value == 0 or dense == 0:
+        return math.nan
+    return value / dense if higher_is_better(metric) else dense / value
+
+
 def gap(m1: float, m2: float) -> float:
     """Performance gap G(f1, f2) = M(f1(φ)) - M(f2(φ)) (Def. 2); G > 0 means f2 is the stronger compression."""
     value = _not_nan("m1", m1) - _not_nan("m2", m2)

@@ -11,7 +11,8 @@ parametrized over the grid with readable ids:
 
 Session fixtures: `pqqp_suite`, `pqqp_store` (the results store, `--pqqp-store`), `pqqp_bench` (measures
 through the store, so nothing is computed twice, across tests, sessions and xdist workers) and
-`pqqp_experiment` (the model and corpus, loaded once). Heavy imports happen inside the fixtures, so the
+`pqqp_experiment` (the model and corpus, loaded once). With `--pqqp-gate BASELINE` the session ends with the
+regression gate on the store (`gate.py`): a regressed case fails the session. Heavy imports happen inside the fixtures, so the
 plugin costs nothing in sessions that do not use it.
 """
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from .suite import Suite
 
 SUITE = pytest.StashKey["Suite"]()
+GATE_REPORT = pytest.StashKey[str]()
 SLOW_METHODS = ("sparsegpt", "gptq", "sleb")
 
 # option -> help; each overrides the suite key of the same name (lists: comma-separated; templates with
@@ -70,6 +72,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--pqqp-cache-dir", default=None, help="where converted models are cached")
     group.addoption("--pqqp-trust-remote-code", action="store_true", default=False,
                     help="allow model code from the hub (off by default)")
+    group.addoption("--pqqp-gate", default=None, metavar="BASELINE",
+                    help="at the end of the session compare the store with this baseline JSON; the session fails "
+                         "when a case regressed")
+    group.addoption("--pqqp-update-baseline", action="store_true", default=False,
+                    help="with --pqqp-gate: write the store's values as the new baseline instead of comparing")
+    group.addoption("--pqqp-rel-tol", type=float, default=None,
+                    help="gate: allowed relative worsening per case, e.g. 0.02 (default: the suite's gate rule)")
+    group.addoption("--pqqp-min-recovery", type=float, default=None,
+                    help="gate: fraction of the dense quality a case must keep, e.g. 0.5 (default: the suite's)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -77,6 +88,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "pqqp_case: one measurement of the grid (a recipe on a model)")
     config.addinivalue_line("markers", "pqqp_hypothesis: a hypothesis verdict over measured points")
     config.addinivalue_line("markers", "slow: calibration-heavy (sparsegpt, gptq, sleb): minutes on a CPU")
+    if config.getoption("pqqp_update_baseline") and not config.getoption("pqqp_gate"):
+        raise pytest.UsageError("pqqp: --pqqp-update-baseline needs --pqqp-gate BASELINE: the file to write")
+    if config.getoption("pqqp_gate") and not config.getoption("pqqp_update_baseline"):
+        from .errors import PqqpError
+        from .gate import load_baseline
+
+        try:  # a bad baseline fails now, not after the whole grid has run
+            load_baseline(config.getoption("pqqp_gate"))
+        except PqqpError as exc:
+            raise pytest.UsageError(f"pqqp: {exc}") from None
 
 
 def suite_of(config: pytest.Config) -> "Suite":
@@ -163,8 +184,45 @@ def pqqp_experiment(pqqp_bench: "Bench") -> "Experiment":
         raise pytest.UsageError(f"pqqp: {exc}") from None
 
 
+def gate(config: pytest.Config) -> tuple[int, str]:
+    """The regression gate (`--pqqp-gate`) on the session's store: (exit code, report); bad input exits 4."""
+    from .errors import PqqpError
+    from .gate import run_gate, with_overrides
+    from .measure import Bench
+    from .store import Store
+
+    try:
+        suite = with_overrides(suite_of(config), config.getoption("pqqp_rel_tol"), config.getoption("pqqp_min_recovery"))
+        path = store_path(config)
+        if not path.is_file():
+            raise PqqpError(f"store {str(path)!r} does not exist: the gate needs the results of `pytest suites/`")
+        with Store(path) as store:
+            bench = Bench(suite, store, lookup_only=True, progress=False, cache_dir=config.getoption("pqqp_cache_dir"))
+            return run_gate(bench, config.getoption("pqqp_gate"), update=config.getoption("pqqp_update_baseline"))
+    except PqqpError as exc:
+        return pytest.ExitCode.USAGE_ERROR, f"pqqp: error: {exc}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Run the gate once the grid is stored; a regression turns a passing session into a failing one."""
+    config = session.config
+    if not config.getoption("pqqp_gate") or getattr(config, "workerinput", None) is not None:
+        return
+    code, config.stash[GATE_REPORT] = gate(config)
+    if code == pytest.ExitCode.USAGE_ERROR or (code and session.exitstatus == pytest.ExitCode.OK):
+        session.exitstatus = code
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    """The case table and the hypothesis verdicts, read from the store (so `-n 2` workers' results show too)."""
+    """The case table and the hypothesis verdicts, read from the store (so `-n 2` workers' results show too),
+    then the gate's report where `--pqqp-gate` was given."""
+    summary(terminalreporter, config)
+    if GATE_REPORT in config.stash:
+        terminalreporter.write_sep("=", "pqqp-bench: regression gate")
+        terminalreporter.write_line(config.stash[GATE_REPORT])
+
+
+def summary(terminalreporter, config: pytest.Config) -> None:
     ran_grid = any("pqqp" in (getattr(r, "keywords", None) or {}) for reports in terminalreporter.stats.values()
                    for r in reports)
     if not ran_grid or getattr(config, "workerinput", None) is not None:

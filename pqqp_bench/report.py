@@ -7,14 +7,20 @@ Only stored measurements are shown (nothing is computed here), so the pytest sum
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tabulate import tabulate
 
 from .compress import bits_label
-from .hypothesis import Monotonicity, Point, exponential_fit, interference_table, monotonicity
+from .hypothesis import ExpFit, Monotonicity, Point, exponential_fit, interference_table, monotonicity
 from .measure import Bench, Missing
 from .suite import HypothesisSpec, InterferenceSpec
+
+
+def trend(points: Sequence[Point]) -> ExpFit | None:
+    """Fig. 3's exponential fit over one pruning ratio's points (None for fewer than 3, or a failed fit)."""
+    return exponential_fit([p.x for p in points], [p.advantage for p in points]) if len(points) >= 3 else None
 
 
 def fmt(value: float, digits: int = 4) -> str:
@@ -70,7 +76,7 @@ class Verdict:
         for v in res.violations:
             text += (f"\nviolation: x {fmt(v.x_low)} -> {fmt(v.x_high)}: A drops {fmt(v.a_low)} -> {fmt(v.a_high)} "
                      f"(by {fmt(v.drop)}, noise tolerance {self.sigmas:g} sigma = {fmt(v.tolerance)})")
-        fit = exponential_fit([p.x for p in res.points], [p.advantage for p in res.points]) if res.n_points >= 3 else None
+        fit = trend(res.points)
         if fit is not None:
             text += f"\nexponential fit A = {fmt(fit.a)}·exp({fmt(fit.b)}·x) + {fmt(fit.c)}, R² {fmt(fit.r2, 3)}"
         return text

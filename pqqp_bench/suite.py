@@ -31,6 +31,25 @@ QUANTIZED = ("w", "a", "kv")
 
 
 @dataclass(frozen=True)
+class GateRule:
+    """When the CI gate calls a case regressed for one metric (applied in `gate.py`; either may be None).
+
+    rel_tol: the metric may get worse than the baseline by this fraction of it (0.02: 2%), plus the seed
+    noise allowance; min_recovery: the case must keep this fraction of the dense model's quality (0.9:
+    ppl <= dense/0.9), judged only where the baseline met it.
+    """
+
+    rel_tol: float | None = 0.02
+    min_recovery: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.rel_tol is not None and not self.rel_tol >= 0:
+            raise PqqpError(f"gate rel_tol={self.rel_tol!r} is not accepted: a fraction >= 0 (0.02 is 2%) or null")
+        if self.min_recovery is not None and not 0 < self.min_recovery <= 1:
+            raise PqqpError(f"gate min_recovery={self.min_recovery!r} is not accepted: a fraction in (0, 1] or null")
+
+
+@dataclass(frozen=True)
 class Suite:
     """A grid and the settings it is measured under (the defaults are the embedded model on pydoc)."""
 
@@ -56,6 +75,7 @@ class Suite:
     noise_sigmas: float = 2.0
     bootstrap: int = 2000
     interference: bool = False
+    gate: tuple[tuple[str, GateRule], ...] = ()  # (metric, rule); a metric not named gets GateRule()
     expected_minutes: float | None = None
     source: str = field(default="", compare=False)
 
@@ -67,6 +87,9 @@ class Suite:
         return Settings(model=model, corpus=self.corpus, seqlen=self.seqlen, calib_samples=self.calib_samples,
                         eval_tokens=self.eval_tokens, holdout=self.holdout, seed=self.seeds[0],
                         batch_size=self.batch_size, device=self.device, **extra)
+
+    def gate_rule(self, metric: str) -> GateRule:
+        return dict(self.gate).get(metric, GateRule())
 
     # --- recipes -----------------------------------------------------------------------------------------
 
@@ -216,6 +239,8 @@ def split_list(name: str, value: str) -> list[str]:
 
 def coerce(name: str, value: Any) -> Any:
     """A YAML or command-line value as the field's type; lists may also be given as 'a,b,c'."""
+    if name == "gate":
+        return gate_rules(value)
     if name in TUPLES:
         items = split_list(name, value) if isinstance(value, str) else value
         items = items if isinstance(items, (list, tuple)) else [items]
@@ -233,6 +258,24 @@ def coerce(name: str, value: Any) -> Any:
         return caster(value) if caster else value
     except ValueError:
         raise PqqpError(f"bad value {name}={value!r} in the suite: accepted a {kinds[name]}") from None
+
+
+def gate_rules(value: Any) -> tuple[tuple[str, GateRule], ...]:
+    """The suite's `gate:` mapping, metric -> {rel_tol, min_recovery}, e.g. `gate: {ppl: {rel_tol: 0.02}}`."""
+    accepted = "accepted a mapping of metric name to {rel_tol: FRACTION, min_recovery: FRACTION}, e.g. {ppl: {rel_tol: 0.02}}"
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise PqqpError(f"bad value gate={value!r} in the suite: {accepted}")
+    rules = []
+    for metric, rule in sorted(value.items()):
+        unknown = sorted(set(rule) - {f.name for f in fields(GateRule)})
+        if unknown:
+            raise PqqpError(f"unknown gate key '{unknown[0]}' for metric {metric!r}: accepted rel_tol, min_recovery")
+        try:
+            numbers = {k: None if v is None else float(v) for k, v in rule.items()}
+        except (TypeError, ValueError):
+            raise PqqpError(f"bad value gate.{metric}={rule!r} in the suite: {accepted}") from None
+        rules.append((str(metric), GateRule(**numbers)))
+    return tuple(rules)
 
 
 def to_bool(value: Any) -> bool:

@@ -283,3 +283,13 @@ def test_bad_input_raises_a_one_line_error_naming_the_value(call, match: str) ->
     with pytest.raises(PqqpError, match=match) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+def test_metric_direction_and_recovery() -> None:
+    """Perplexity is lower-is-better (M = -ppl); any other metric, e.g. an accuracy, is higher-is-better."""
+    from pqqp_bench.hypothesis import higher_is_better, oriented, recovery
+
+    assert not higher_is_better("ppl") and higher_is_better("acc")
+    assert oriented("ppl", 12.5) == -12.5 and oriented("acc", 0.7) == 0.7
+    assert recovery("ppl", 20.0, 10.0) == 0.5 and recovery("acc", 0.3, 0.6) == 0.5
+    assert recovery("ppl", math.inf, 10.0) == 0.0

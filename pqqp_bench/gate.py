@@ -1,0 +1,297 @@
+"""The CI regression gate: a baseline of stored metrics, and the comparison of the current store with it.
+
+A baseline (JSON, written by `pqqp gate --update-baseline`) records what its numbers were measured on (the
+models and their weights' fingerprints, the corpus identity, the evaluation split, the harness version) and,
+per case (model, recipe, metric), the value of every calibration seed with their mean and spread. A baseline
+measured on other weights, another corpus or other evaluation windows is refused: its numbers are not
+comparable.
+
+A case regresses when, per the suite's `gate:` rule for its metric (`GateRule`):
+
+* `rel_tol`: its mean over the seeds both sides measured is worse than the baseline's by more than
+  rel_tol·|baseline| plus a noise allowance of `noise_sigmas` standard errors of the difference of the two
+  means, from the seed spread where several seeds were measured (none with one seed: the same seed on the
+  same store reproduces the number exactly);
+* `min_recovery`: it kept less than that fraction of the dense model's quality (ppl: dense/ppl; accuracy:
+  acc/dense) while the baseline kept at least that much.
+
+Cases only in the baseline are reported as missing; cases only in the store are new; neither fails the gate,
+except that a baseline none of whose cases is in the store fails it (the gate would have checked nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from . import __version__
+from .errors import PqqpError
+from .hypothesis import higher_is_better, recovery
+from .measure import Bench
+from .spec import Recipe
+from .suite import GateRule, Suite
+
+FORMAT = "pqqp-baseline/1"
+TOP_KEYS = ("format", "suite", "harness_version", "models", "corpus", "split", "cases")
+CASE_KEYS = ("model", "recipe", "metric", "seeds", "mean", "std")
+WRITE_HINT = "pqqp gate --update-baseline --baseline FILE"
+
+CaseId = tuple[str, str, str]  # (model, recipe, metric)
+
+
+# ------------------------------------------------------------------------------------------------ snapshot
+
+
+@dataclass(frozen=True)
+class Values:
+    """One case's metric per calibration seed (-1 where the recipe cannot depend on the seed)."""
+
+    seeds: dict[int, float]
+
+    def mean(self, seeds: set[int] | None = None) -> float:
+        return statistics.fmean(v for s, v in self.seeds.items() if seeds is None or s in seeds)
+
+    def variance_of_mean(self, seeds: set[int]) -> float:
+        """The squared standard error of the mean over `seeds` (0 for a single seed: no seed noise measured)."""
+        values = [v for s, v in self.seeds.items() if s in seeds]
+        return statistics.variance(values) / len(values) if len(values) > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a baseline holds, and what the current store is turned into to compare with it."""
+
+    suite: str
+    harness_version: str
+    models: dict[str, str]  # model -> weights fingerprint
+    corpus: str
+    split: str
+    cases: dict[CaseId, Values]
+
+    def as_json(self) -> str:
+        cases = [{"model": m, "recipe": r, "metric": k, "seeds": {str(s): v for s, v in sorted(vals.seeds.items())},
+                  "mean": vals.mean(), "std": statistics.stdev(vals.seeds.values()) if len(vals.seeds) > 1 else None}
+                 for (m, r, k), vals in sorted(self.cases.items())]
+        data = {"format": FORMAT, "suite": self.suite, "harness_version": self.harness_version,
+                "models": dict(sorted(self.models.items())), "corpus": self.corpus, "split": self.split, "cases": cases}
+        return json.dumps(data, indent=1, sort_keys=False) + "\n"
+
+
+def snapshot(bench: Bench) -> Snapshot:
+    """The suite's stored measurements (every case, every seed that can change it), read without computing."""
+    suite = bench.suite
+    cases: dict[CaseId, Values] = {}
+    for case in suite.cases():
+        for m in bench.stored_case(case):
+            cases.setdefault((case.model, str(case.recipe), m.key.metric), Values({})).seeds[m.key.seed] = m.value
+    split = bench.key(suite.models[0], Recipe(()), suite.seeds[0]).split
+    return Snapshot(suite.name, __version__, {m: bench.fingerprint(m) for m in suite.models}, bench.corpus_id, split,
+                    cases)
+
+
+# ------------------------------------------------------------------------------------------ baseline file
+
+
+def refuse(path: Path, problem: str) -> PqqpError:
+    return PqqpError(f"baseline {str(path)!r} {problem}; accepted a baseline JSON written by `{WRITE_HINT}`")
+
+
+def load_baseline(path: str | Path) -> Snapshot:
+    """Read and check a baseline file; every problem is one line naming the bad value."""
+    path = Path(path)
+    if not path.is_file():
+        raise refuse(path, "does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise refuse(path, f"is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise refuse(path, f"holds a {type(data).__name__}, not an object")
+    unknown = sorted(set(data) - set(TOP_KEYS))
+    if unknown:
+        raise refuse(path, f"has unknown key {unknown[0]!r} (known: {', '.join(TOP_KEYS)})")
+    missing = [k for k in TOP_KEYS if k not in data]
+    if missing:
+        raise refuse(path, f"lacks key {missing[0]!r}")
+    if data["format"] != FORMAT:
+        raise refuse(path, f"has format {data['format']!r}, not {FORMAT!r}")
+    if not isinstance(data["models"], dict) or not isinstance(data["cases"], list):
+        raise refuse(path, "has 'models' that is not an object or 'cases' that is not a list")
+    cases = dict(parse_case(path, i, c) for i, c in enumerate(data["cases"]))
+    return Snapshot(str(data["suite"]), str(data["harness_version"]), {str(k): str(v) for k, v in data["models"].items()},
+                    str(data["corpus"]), str(data["split"]), cases)
+
+
+def parse_case(path: Path, index: int, case: Any) -> tuple[CaseId, Values]:
+    if not isinstance(case, dict):
+        raise refuse(path, f"case {index} is a {type(case).__name__}, not an object")
+    unknown = sorted(set(case) - set(CASE_KEYS))
+    if unknown:
+        raise refuse(path, f"case {index} has unknown key {unknown[0]!r} (known: {', '.join(CASE_KEYS)})")
+    seeds = case.get("seeds")
+    try:
+        values = {int(s): float(v) for s, v in seeds.items()}
+        ident = (str(case["model"]), str(case["recipe"]), str(case["metric"]))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise refuse(path, f"case {index} needs model, recipe, metric and seeds {{seed: value}}, got {case!r:.120}") from None
+    if not values:
+        raise refuse(path, f"case {index} ({ident[1]}) has no seed values")
+    return ident, Values(values)
+
+
+def write_baseline(snap: Snapshot, path: str | Path) -> int:
+    path = Path(path)
+    if not snap.cases:
+        raise PqqpError(f"no stored measurements of suite {snap.suite!r} to write to baseline {str(path)!r}: "
+                        f"accepted a store that holds the suite's results (run `pytest suites/` first)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(snap.as_json(), encoding="utf-8")
+    return len(snap.cases)
+
+
+def check_comparable(base: Snapshot, current: Snapshot, path: Path) -> None:
+    """Refuse a baseline measured on other weights, another corpus or other evaluation windows."""
+    for model, fingerprint in sorted(base.models.items()):
+        if model not in current.models:
+            raise PqqpError(f"baseline {str(path)!r} is for model {model!r}, the current suite measures "
+                            f"{', '.join(map(repr, current.models))}: not comparable")
+        if current.models[model] != fingerprint:
+            raise PqqpError(f"baseline {str(path)!r} is for model {model!r} with weights {fingerprint!r}, the current "
+                            f"weights are {current.models[model]!r}: not comparable")
+    for name in ("corpus", "split"):
+        if getattr(base, name) != getattr(current, name):
+            raise PqqpError(f"baseline {str(path)!r} is for {name} {getattr(base, name)!r}, the current suite uses "
+                            f"{getattr(current, name)!r}: not comparable")
+
+
+# ---------------------------------------------------------------------------------------------- comparing
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One compared case: the two means over the seeds both measured, and whether it regressed and why."""
+
+    case: CaseId
+    seeds: tuple[int, ...]
+    baseline: float
+    current: float
+    worse: float  # relative change in the bad direction: +0.05 is 5% worse
+    allowed: float  # relative change the rule allows, noise included (nan where rel_tol is off)
+    reason: str  # empty when the case passes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    findings: tuple[Finding, ...]
+    missing: tuple[CaseId, ...]
+    new: tuple[CaseId, ...]
+
+    @property
+    def regressions(self) -> list[Finding]:
+        return [f for f in self.findings if f.reason]
+
+    @property
+    def failed(self) -> bool:
+        """A regression, or a baseline none of whose cases could be compared (a gate that checked nothing)."""
+        return bool(self.regressions) or (not self.findings and bool(self.missing))
+
+
+def dense_means(snap: Snapshot) -> dict[tuple[str, str], float]:
+    return {(m, k): vals.mean() for (m, r, k), vals in snap.cases.items() if r == str(Recipe(()))}
+
+
+def judge(case: CaseId, base: Values, cur: Values, rule: GateRule, sigmas: float,
+          dense: tuple[float | None, float | None]) -> Finding | None:
+    """One case under `rule`; `dense` holds the dense model's (baseline, current) value for min_recovery.
+    None where the two sides share no seed (then the case counts as missing)."""
+    seeds = set(base.seeds) & set(cur.seeds)
+    if not seeds:
+        return None
+    b, c = base.mean(seeds), cur.mean(seeds)
+    sign = 1.0 if higher_is_better(case[2]) else -1.0
+    worse = sign * (b - c) / abs(b) if b else math.nan
+    noise = sigmas * math.sqrt(base.variance_of_mean(seeds) + cur.variance_of_mean(seeds)) / abs(b) if b else 0.0
+    allowed = math.nan if rule.rel_tol is None else rule.rel_tol + noise
+    reasons = []
+    if rule.rel_tol is not None and (worse > allowed or math.isnan(c) != math.isnan(b)):
+        reasons.append(f"worse by {100 * worse:.2f}% > {100 * allowed:.2f}% allowed")
+    if rule.min_recovery is not None and None not in dense:
+        kept, was = recovery(case[2], c, dense[1]), recovery(case[2], b, dense[0])
+        if kept < rule.min_recovery <= was:
+            reasons.append(f"keeps {100 * kept:.1f}% of dense < {100 * rule.min_recovery:.1f}% (baseline {100 * was:.1f}%)")
+    return Finding(case, tuple(sorted(seeds)), b, c, worse, allowed, "; ".join(reasons))
+
+
+def compare(base: Snapshot, current: Snapshot, suite: Suite) -> Outcome:
+    """Judge every case both snapshots hold under the suite's gate rules and noise_sigmas."""
+    dense_b, dense_c = dense_means(base), dense_means(current)
+    findings, missing = [], []
+    for case, values in sorted(base.cases.items()):
+        found = current.cases.get(case)
+        finding = None if found is None else judge(case, values, found, suite.gate_rule(case[2]), suite.noise_sigmas,
+                                                   (dense_b.get((case[0], case[2])), dense_c.get((case[0], case[2]))))
+        if finding is None:
+            missing.append(case)
+        else:
+            findings.append(finding)
+    return Outcome(tuple(findings), tuple(missing), tuple(sorted(set(current.cases) - set(base.cases))))
+
+
+def describe_rules(suite: Suite, metrics: set[str]) -> str:
+    rules = []
+    for metric in sorted(metrics):
+        r = suite.gate_rule(metric)
+        tol = "off" if r.rel_tol is None else f"{100 * r.rel_tol:g}%"
+        rec = "off" if r.min_recovery is None else f"{100 * r.min_recovery:g}% of dense"
+        rules.append(f"{metric}: rel_tol {tol}, min_recovery {rec}")
+    return "; ".join(rules) + f"; noise allowance {suite.noise_sigmas:g} sigma of the seed spread"
+
+
+def render(outcome: Outcome, suite: Suite, base_path: Path) -> str:
+    """The gate's report: the regressed cases with how much and why, then a one-line verdict."""
+    lines = []
+    regressions = outcome.regressions
+    if regressions:
+        rows = [(m, r, k, ",".join("-" if s < 0 else str(s) for s in f.seeds), f"{f.baseline:.5g}", f"{f.current:.5g}",
+                 f"{100 * f.worse:+.2f}%", f.reason) for f in regressions for m, r, k in [f.case]]
+        lines.append(tabulate(rows, headers=["model", "recipe", "metric", "seeds", "baseline", "current", "change",
+                                             "regression"], disable_numparse=True))
+    if outcome.missing:
+        lines.append("missing from the current store (not compared): "
+                     + "; ".join(f"{r} ({k})" for _, r, k in outcome.missing))
+    if outcome.failed and not regressions:
+        lines.append("no case of the baseline is in the current store: measurements are keyed by the harness "
+                     "version and the suite's settings; run the suite, or rewrite the baseline with --update-baseline")
+    metrics = {f.case[2] for f in outcome.findings} or {"ppl"}
+    verdict = "FAILED" if outcome.failed else "passed"
+    lines.append(f"pqqp gate {verdict}: {len(regressions)} of {len(outcome.findings)} compared cases regressed "
+                 f"against {base_path} ({describe_rules(suite, metrics)}); {len(outcome.missing)} missing, "
+                 f"{len(outcome.new)} new")
+    return "\n".join(lines)
+
+
+def with_overrides(suite: Suite, rel_tol: float | None = None, min_recovery: float | None = None) -> Suite:
+    """The suite with command-line gate settings applied to every metric's rule (None: keep the suite's)."""
+    given = {k: v for k, v in (("rel_tol", rel_tol), ("min_recovery", min_recovery)) if v is not None}
+    if not given:
+        return suite
+    metrics = {m for m, _ in suite.gate} | {"ppl"}
+    return replace(suite, gate=tuple((m, replace(suite.gate_rule(m), **given)) for m in sorted(metrics)))
+
+
+def run_gate(bench: Bench, baseline: str | Path, *, update: bool = False) -> tuple[int, str]:
+    """Compare (or, with `update`, rewrite) a baseline: returns the exit code (0 pass, 1 regressed) and the report."""
+    path = Path(baseline)
+    current = snapshot(bench)
+    if update:
+        return 0, f"pqqp gate: baseline {path} written: {write_baseline(current, path)} cases"
+    base = load_baseline(path)
+    check_comparable(base, current, path)
+    outcome = compare(base, current, bench.suite)
+    return (1 if outcome.failed else 0), render(outcome, bench.suite, path)

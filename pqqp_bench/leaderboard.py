@@ -1,0 +1,487 @@
+"""The published leaderboard of a suite: Markdown and HTML tables, PNG plots and an index, from the store.
+
+Built from stored measurements only (a lookup-only `Bench`): a measurement that is not stored is shown as
+`missing`, never computed. The output is a pure function of the suite and the store's rows: no timestamps, a
+fixed order, fixed figure sizes and PNGs without a version stamp, so building twice gives identical bytes.
+
+Per model: the dense metric; each method alone at each ratio with its CER (Def. 3); each joint case in both
+orders with A(Q->P) (Def. 4) and the CER difference x = C*_P - C_Q; the Hypothesis 1 verdict per (pruner,
+quantizer, p); and two plots, A(Q->P) against x with an exponential fit per p (the layout of Fig. 3/4: one
+panel per pruner x quantizer) and the metric against the total compression ratio in both orders. Across
+models: a ranking of (pruner, quantizer, order) by metric within groups of equal achieved total ratio.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import math
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from . import __version__
+from .hypothesis import CER, Point, oriented, quant_ratio
+from .measure import METRIC, Bench, Missing
+from .report import Verdict, fmt, trend, verdict
+from .spec import Recipe
+from .store import Measurement
+from .suite import ORDERS, Case, HypothesisSpec, Suite, compact
+
+MISSING = "missing"
+PANEL_INCHES = (4.8, 3.6)
+DPI = 100
+RATIO_DIGITS = 2  # joint cases whose achieved C_P·C_Q agree to this many decimals are ranked together
+ARROW = {"P>Q": "P→Q", "Q>P": "Q→P"}
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A metric over calibration seeds: the mean, and the sample standard deviation where there are several."""
+
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
+
+    def text(self) -> str:
+        if not self.values:
+            return MISSING
+        if len(self.values) == 1:
+            return number(self.mean)
+        return f"{number(self.mean)} ± {number(self.std, 2)} ({len(self.values)} seeds)"
+
+
+def number(value: float | None, digits: int = 5) -> str:
+    if value is None or math.isnan(value):
+        return MISSING
+    return f"{value:.{digits}g}"
+
+
+def spread(measurements: list[Measurement]) -> Spread:
+    return Spread(tuple(m.value for m in measurements))
+
+
+def achieved_total(measurements: list[Measurement]) -> float:
+    """The mean achieved total ratio C_P·C_Q (from what was measured, not what was asked)."""
+    return statistics.fmean(m.details["achieved"]["total"] for m in measurements) if measurements else math.nan
+
+
+# -------------------------------------------------------------------------------------- collected results
+
+
+@dataclass(frozen=True)
+class Single:
+    """One method alone: a pruner at ratio p, or a quantizer at B bits (a point of the CER curve)."""
+
+    template: str
+    setting: float  # p for a pruner, B for a quantizer
+    measured: tuple[Measurement, ...]
+    cers: tuple[tuple[str, CER | None], ...]  # (quantizer, C*) for a pruner; a quantizer's own C*_Q = C_Q
+
+
+@dataclass(frozen=True)
+class Joint:
+    """One (pruner, quantizer, p, B): both orders' measurements and, where both are stored, the Fig. 3 point."""
+
+    pruner: str
+    quantizer: str
+    p: float
+    bits: int
+    measured: tuple[tuple[str, tuple[Measurement, ...]], ...]  # (order, measurements)
+    point: Point | None
+
+    def order(self, order: str) -> tuple[Measurement, ...]:
+        return dict(self.measured).get(order, ())
+
+
+@dataclass(frozen=True)
+class ModelBoard:
+    """Everything the leaderboard shows for one model, read from the store once."""
+
+    model: str
+    dense: tuple[Measurement, ...]
+    pruned: tuple[Single, ...]
+    quantized: tuple[Single, ...]
+    joints: tuple[Joint, ...]
+    verdicts: tuple[tuple[HypothesisSpec, Verdict | None], ...]
+
+    @property
+    def slug(self) -> str:
+        return slug(self.model)
+
+    def measurements(self) -> list[Measurement]:
+        singles = [m for s in (*self.pruned, *self.quantized) for m in s.measured]
+        joints = [m for j in self.joints for _, ms in j.measured for m in ms]
+        return [*self.dense, *singles, *joints]
+
+
+def slug(model: str) -> str:
+    """A file-name-safe name for a model: its last path part, with a hash of the whole name where it differs."""
+    tail = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name or model).strip("-.") or "model"
+    return tail if tail == model else f"{tail}-{hashlib.sha256(model.encode()).hexdigest()[:8]}"
+
+
+def stored(bench: Bench, model: str, recipe: Recipe) -> tuple[Measurement, ...]:
+    return tuple(bench.stored_case(Case(model, recipe, "", "")))
+
+
+def lookup(compute: Any, *args: Any) -> Any:
+    """`compute(*args)` from stored measurements, or None where one it needs is missing."""
+    try:
+        return compute(*args)
+    except Missing:
+        return None
+
+
+def collect(bench: Bench, model: str) -> ModelBoard:
+    s = bench.suite
+    pruned = tuple(
+        Single(pruner, p, stored(bench, model, s.pruner(pruner, p)),
+               tuple((q, lookup(bench.cer_of_pruner, model, pruner, p, q)) for q in s.quantizers))
+        for pruner in s.pruners for p in s.ratios)
+    quantized = tuple(Single(q, bits, stored(bench, model, recipe), ())
+                      for q in s.quantizers for bits, recipe in sorted(s.curve(q).items()))
+    joints = tuple(
+        Joint(pt.pruner, pt.quantizer, pt.p, pt.bits,
+              tuple((o, stored(bench, model, pt.recipe(o))) for o in ORDERS if o in s.orders),
+              lookup(lambda spec: bench.point(spec)[0], pt) if set(ORDERS) <= set(s.orders) else None)
+        for pt in s.points() if pt.model == model)
+    verdicts = tuple((h, lookup(verdict, bench, h)) for h in s.hypotheses() if h.model == model)
+    return ModelBoard(model, stored(bench, model, Recipe(())), pruned, quantized, joints, verdicts)
+
+
+def collect_all(bench: Bench) -> list[ModelBoard]:
+    return [collect(bench, model) for model in bench.suite.models]
+
+
+# ------------------------------------------------------------------------------------------------- tables
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    note: str = ""
+
+    def markdown(self) -> str:
+        body = tabulate(self.rows, headers=self.headers, tablefmt="github", disable_numparse=True)
+        return f"#### {self.title}\n\n" + (f"{self.note}\n\n" if self.note else "") + body
+
+    def html(self) -> str:
+        body = tabulate(self.rows, headers=self.headers, tablefmt="html", disable_numparse=True)
+        note = f'<p class="note">{html.escape(self.note)}</p>\n' if self.note else ""
+        return f"<h4>{html.escape(self.title)}</h4>\n{note}{body}"
+
+
+def convention(suite: Suite) -> str:
+    """How the metric was measured; a perplexity means nothing without its window size."""
+    windows = suite.eval_tokens // suite.seqlen
+    return (f"Perplexity is token-level over {windows} non-overlapping windows of {suite.seqlen} tokens of "
+            f"{suite.corpus} (its last {suite.holdout:g} held out from calibration); lower is better, "
+            f"M = -ppl. Calibration: {suite.calib_samples} windows of {suite.seqlen} tokens, seeds "
+            f"{', '.join(map(str, suite.seeds))}; a ± b (n seeds) is the mean and sample std over seeds.")
+
+
+def cer_text(value: CER | None) -> str:
+    return MISSING if value is None else str(value)
+
+
+def dense_table(board: ModelBoard) -> Table:
+    return Table("Dense model", ("model", "ppl"), ((board.model, spread(list(board.dense)).text()),))
+
+
+def quantized_table(board: ModelBoard) -> Table:
+    rows = tuple((compact(q.template), str(int(q.setting)), number(achieved_total(list(q.measured)), 4),
+                  spread(list(q.measured)).text(), number(quant_ratio(q.setting), 4)) for q in board.quantized)
+    return Table("Quantization alone (the curve each CER is read from)",
+                 ("quantizer", "B", "C_Q achieved", "ppl", "CER C*_Q = C_Q"), rows)
+
+
+def pruned_table(board: ModelBoard, quantizers: tuple[str, ...]) -> Table:
+    rows = tuple((compact(s.template), f"{s.setting:g}", number(achieved_total(list(s.measured)), 4),
+                  spread(list(s.measured)).text(), *(cer_text(c) for _, c in s.cers)) for s in board.pruned)
+    return Table("Pruning alone", ("pruner", "p", "C_P achieved", "ppl",
+                                   *(f"CER C*_P on {compact(q)}" for q in quantizers)), rows,
+                 "C*_P: the quantization ratio with the same metric, interpolated on the quantizer's curve (Def. 3); "
+                 "<= / >= mark a bound outside the measured curve.")
+
+
+def advantage_text(point: Point | None) -> str:
+    return MISSING if point is None else f"{point.advantage:+.4g} ± {point.stderr:.2g}"
+
+
+def joint_table(board: ModelBoard) -> Table:
+    rows = []
+    for j in board.joints:
+        both = [m for _, ms in j.measured for m in ms]
+        x = MISSING if j.point is None else ("" if j.point.cer_p.bound == "exact" else "bound ") + number(j.point.x, 4)
+        regime = MISSING if j.point is None else ("collapsed" if j.point.collapsed else "practical")
+        rows.append((compact(j.pruner), compact(j.quantizer), f"{j.p:g}", str(j.bits), number(achieved_total(both), 4),
+                     *(spread(list(j.order(o))).text() for o in ORDERS), advantage_text(j.point), x, regime))
+    return Table("Joint compression, both orders",
+                 ("pruner", "quantizer", "p", "B", "C_P·C_Q achieved", f"ppl {ARROW['P>Q']}", f"ppl {ARROW['Q>P']}",
+                  "A(Q→P) ± se", "x = C*_P − C_Q", "regime"), tuple(rows),
+                 "A(Q→P) = M(quantize, then prune) − M(prune, then quantize) (Def. 4): positive means quantize-first "
+                 "wins; ± is its standard error (paired bootstrap over windows, pooled over seeds). Collapsed: "
+                 "either order above max_ppl_ratio × dense (App. D.6), shown but not judged.")
+
+
+def fit_text(v: Verdict) -> str:
+    fit = trend(v.result.points)
+    if fit is None:
+        return "-"
+    return f"{fit.a:.3g}·exp({fit.b:.3g}x) + {fit.c:.3g} (R² {fit.r2:.2f})"
+
+
+def verdict_table(board: ModelBoard, sigmas: float) -> Table:
+    rows = []
+    for spec, v in board.verdicts:
+        if v is None:
+            rows.append((compact(spec.pruner), compact(spec.quantizer), f"{spec.p:g}", MISSING, "", "", "", "", "", ""))
+            continue
+        r = v.result
+        rows.append((compact(spec.pruner), compact(spec.quantizer), f"{spec.p:g}", v.status, str(r.n_points),
+                     str(len(r.excluded)), str(len(r.violations)), fmt(r.spearman, 3), fmt(r.kendall, 3),
+                     fit_text(v)))
+    return Table("Progressive Intensity Hypothesis (Hypothesis 1)",
+                 ("pruner", "quantizer", "p", "verdict", "points", "collapsed", "violations", "Spearman", "Kendall",
+                  "exponential fit"), tuple(rows),
+                 f"A(Q→P) must be non-decreasing in x = C*_P − C_Q; a violation is a drop beyond {sigmas:g} standard "
+                 f"errors of the difference. Rank correlations and the fit (Fig. 3) need 3 distinct x ('-' below that).")
+
+
+def score(value: float) -> float:
+    """The higher-is-better M of a stored value, for ranking (a missing value ranks last)."""
+    return -math.inf if math.isnan(value) else oriented(METRIC, value)
+
+
+def ranking_rows(board: ModelBoard) -> list[tuple[str, ...]]:
+    """(pruner, quantizer, order) ranked by metric within each group of equal achieved total ratio."""
+    entries = []
+    for j in board.joints:
+        for order, ms in j.measured:
+            if ms:
+                entries.append((round(achieved_total(list(ms)), RATIO_DIGITS), j, order, spread(list(ms))))
+    rows = []
+    for total in sorted({e[0] for e in entries}):
+        group = [e for e in entries if e[0] == total]
+        scores = [score(e[3].mean) for e in group]
+        ranked = sorted(zip(scores, group), key=lambda se: (-se[0], se[1][1].pruner, se[1][1].quantizer, se[1][2]))
+        for mine, (_, j, order, values) in ranked:
+            rank = 1 + sum(other > mine for other in scores)
+            rows.append((board.model, f"{total:.{RATIO_DIGITS}f}", str(rank), compact(j.pruner), compact(j.quantizer),
+                         ARROW[order], f"{j.p:g}", str(j.bits), values.text()))
+    return rows
+
+
+def ranking_table(boards: list[ModelBoard]) -> Table:
+    return Table("Ranking at equal total compression ratio",
+                 ("model", "C_P·C_Q", "rank", "pruner", "quantizer", "order", "p", "B", "ppl"),
+                 tuple(row for board in boards for row in ranking_rows(board)),
+                 f"Joint cases grouped by achieved C_P·C_Q rounded to {RATIO_DIGITS} decimals; rank 1 is the "
+                 "lowest perplexity within its group (orders are compared only at equal achieved ratios).")
+
+
+def model_tables(board: ModelBoard, suite: Suite) -> list[Table]:
+    return [dense_table(board), quantized_table(board), pruned_table(board, suite.quantizers), joint_table(board),
+            verdict_table(board, suite.noise_sigmas)]
+
+
+# -------------------------------------------------------------------------------------------------- plots
+
+
+def figure_pixels(rows: int, cols: int) -> tuple[int, int]:
+    """A plot's (width, height) in pixels: one fixed-size panel per pruner x quantizer."""
+    return round(cols * PANEL_INCHES[0] * DPI), round(rows * PANEL_INCHES[1] * DPI)
+
+
+def panels(suite: Suite) -> tuple[Any, list]:
+    """A headless matplotlib figure (Agg, no pyplot state) with one panel per (pruner, quantizer)."""
+    from matplotlib.figure import Figure
+
+    rows, cols = len(suite.pruners), len(suite.quantizers)
+    width, height = figure_pixels(rows, cols)
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    grid = [(pruner, quantizer, axes[i][k]) for i, pruner in enumerate(suite.pruners)
+            for k, quantizer in enumerate(suite.quantizers)]
+    for pruner, quantizer, ax in grid:
+        ax.set_title(f"{compact(pruner)} × {compact(quantizer)}", fontsize=9)
+        ax.grid(True, alpha=0.3)
+    return fig, grid
+
+
+def colour(suite: Suite, p: float) -> str:
+    return f"C{sorted(suite.ratios).index(p) % 10}"
+
+
+def save(fig: Any, path: Path) -> None:
+    """PNG without the Software stamp, so the bytes depend on the data only."""
+    fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
+
+
+def plot_advantage(board: ModelBoard, suite: Suite, path: Path) -> None:
+    """A(Q->P) against x = C*_P - C_Q, one colour and one exponential fit per p (Fig. 3; Fig. 4's grid)."""
+    import numpy as np
+    from matplotlib import style
+
+    with style.context("default"):
+        fig, grid = panels(suite)
+        for pruner, quantizer, ax in grid:
+            ax.axhline(0.0, color="0.5", linewidth=0.8)
+            for p in suite.ratios:
+                pts = [j.point for j in board.joints if (j.pruner, j.quantizer, j.p) == (pruner, quantizer, p)
+                       and j.point is not None]
+                kept = [pt for pt in pts if not pt.collapsed]
+                for group, face in ((kept, colour(suite, p)), ([pt for pt in pts if pt.collapsed], "none")):
+                    if group:
+                        ax.errorbar([pt.x for pt in group], [pt.advantage for pt in group],
+                                    yerr=[pt.stderr for pt in group], fmt="o", color=colour(suite, p),
+                                    markerfacecolor=face, capsize=2, label=f"p={p:g}" if face != "none" else None)
+                fit = trend(kept)
+                if fit is not None:
+                    xs = np.linspace(min(pt.x for pt in kept), max(pt.x for pt in kept), 100)
+                    ax.plot(xs, fit.predict(xs), color=colour(suite, p), linewidth=1.2)
+            ax.set_xlabel("CER difference C*_P − C_Q")
+            ax.set_ylabel("A(Q→P) = ΔM")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        fig.suptitle(f"{board.model}: order advantage vs CER difference (hollow: collapsed)", fontsize=10)
+        save(fig, path)
+
+
+def plot_ratio(board: ModelBoard, suite: Suite, path: Path) -> None:
+    """Perplexity against the achieved total compression ratio C_P·C_Q, per p, in both orders."""
+    from matplotlib import style
+
+    dense = spread(list(board.dense)).mean
+    with style.context("default"):
+        fig, grid = panels(suite)
+        for pruner, quantizer, ax in grid:
+            if not math.isnan(dense):
+                ax.plot([1.0], [dense], "k*", label="dense")
+            for p in suite.ratios:
+                for order, line in (("P>Q", "-"), ("Q>P", "--")):
+                    cells = sorted((achieved_total(list(j.order(order))), spread(list(j.order(order))).mean)
+                                   for j in board.joints if (j.pruner, j.quantizer, j.p) == (pruner, quantizer, p)
+                                   and j.order(order))
+                    if cells:
+                        ax.plot([c for c, _ in cells], [v for _, v in cells], line, marker="o" if order == "P>Q" else "s",
+                                color=colour(suite, p), label=f"p={p:g} {ARROW[order]}")
+            ax.set_xlabel("total compression ratio C_P·C_Q (achieved)")
+            ax.set_ylabel("perplexity")
+            low, high = ax.get_ylim()
+            if low > 0 and high / low > 10:  # collapsed points: a log axis keeps the rest readable
+                ax.set_yscale("log")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        fig.suptitle(f"{board.model}: perplexity vs compression, both orders", fontsize=10)
+        save(fig, path)
+
+
+PLOTS = (("advantage", plot_advantage, "A(Q→P) against the CER difference, exponential fit per p (Fig. 3/4)"),
+         ("ratio", plot_ratio, "perplexity against the total compression ratio, both orders"))
+
+
+# ------------------------------------------------------------------------------------------------- output
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What the leaderboard was built from and how: printed in the index."""
+
+    command: str
+    suite: Suite
+    measurements: int
+    expected: int
+    digest: str
+
+
+def provenance(command: str, bench: Bench, boards: list[ModelBoard]) -> Provenance:
+    """The command, and a digest of the stored rows shown (their keys' digests and values, sorted)."""
+    rows = sorted((m.key.digest(), repr(m.value)) for board in boards for m in board.measurements())
+    expected = sum(len(bench.seeds_for(case.recipe)) for case in bench.suite.cases())
+    digest = hashlib.sha256("\n".join(f"{d} {v}" for d, v in rows).encode()).hexdigest()[:16]
+    return Provenance(command, bench.suite, len(rows), expected, digest)
+
+
+def image_name(kind: str, board: ModelBoard) -> str:
+    return f"{kind}-{board.slug}.png"
+
+
+def markdown(boards: list[ModelBoard], suite: Suite, *, images: bool) -> str:
+    parts = [convention(suite), ranking_table(boards).markdown()]
+    for board in boards:
+        parts.append(f"### {board.model}")
+        parts += [t.markdown() for t in model_tables(board, suite)]
+        if images:
+            parts += [f"![{text}]({image_name(kind, board)})" for kind, _, text in PLOTS]
+    return "\n\n".join(parts) + "\n"
+
+
+def index(boards: list[ModelBoard], source: Provenance) -> str:
+    s = source.suite
+    head = (f"# Leaderboard: suite `{s.name}`\n\n" + (f"{s.description}\n\n" if s.description else "") +
+            f"Generated by pqqp-bench {__version__} from {source.measurements} of {source.expected} expected stored "
+            f"measurements (content digest `{source.digest}`) with\n\n```bash\n{source.command}\n```\n\n"
+            "Files: [leaderboard.md](leaderboard.md) (tables), [leaderboard.html](leaderboard.html) (tables and "
+            "plots), "
+            + ", ".join(f"[{image_name(kind, b)}]({image_name(kind, b)})" for b in boards for kind, _, _ in PLOTS)
+            + ". Missing measurements are shown as `missing`; nothing is computed while building.\n\n## Tables\n\n")
+    return head + markdown(boards, s, images=True)
+
+
+CSS = ("body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse;margin:0.5em 0 1.5em}"
+       "th,td{border:1px solid #bbb;padding:0.2em 0.6em;text-align:right}th{background:#eee}td:first-child{text-align:left}"
+       ".note{color:#444;font-size:0.9em}img{display:block;margin:1em 0}")
+
+
+def html_page(boards: list[ModelBoard], source: Provenance) -> str:
+    s = source.suite
+    body = [f"<h1>Leaderboard: suite {html.escape(s.name)}</h1>",
+            f"<p>{html.escape(s.description)}</p>",
+            f"<p>pqqp-bench {__version__}; {source.measurements} of {source.expected} expected measurements "
+            f"(digest {source.digest}); built with <code>{html.escape(source.command)}</code></p>",
+            f'<p class="note">{html.escape(convention(s))}</p>', ranking_table(boards).html()]
+    for board in boards:
+        body.append(f'<section id="{board.slug}">\n<h2>{html.escape(board.model)}</h2>')
+        body += [t.html() for t in model_tables(board, s)]
+        width, height = figure_pixels(len(s.pruners), len(s.quantizers))
+        body += [f'<img src="{image_name(kind, board)}" alt="{html.escape(text)}" width="{width}" height="{height}">'
+                 for kind, _, text in PLOTS]
+        body.append("</section>")
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f"<title>pqqp-bench leaderboard: {html.escape(s.name)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+            + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+def build(bench: Bench, out: Path, command: str) -> list[Path]:
+    """Write the leaderboard of `bench`'s suite into `out`; returns the files written, in a fixed order."""
+    out.mkdir(parents=True, exist_ok=True)
+    boards = collect_all(bench)
+    source = provenance(command, bench, boards)
+    texts = {"leaderboard.md": markdown(boards, bench.suite, images=False), "leaderboard.html": html_page(boards, source),
+             "README.md": index(boards, source)}
+    written = []
+    for name, text in texts.items():
+        (out / name).write_text(text, encoding="utf-8")
+        written.append(out / name)
+    for board in boards:
+        for kind, plot, _ in PLOTS:
+            plot(board, bench.suite, out / image_name(kind, board))
+            written.append(out / image_name(kind, board))
+    return written

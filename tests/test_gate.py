@@ -1,0 +1,202 @@
+"""The regression gate on synthetic stores: a planted 5% regression fails and is named, small changes pass,
+seed noise widens the allowance, a baseline of other weights or another corpus is refused, bad input is one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pqqp_bench.cli import main
+from pqqp_bench.errors import PqqpError
+from pqqp_bench.spec import Recipe
+from pqqp_bench.suite import load_suite
+from synthetic import fake_model, fill, open_bench, suite_yaml, toy_ppl
+
+REPO = Path(__file__).resolve().parents[1]
+PLANTED = "wanda:p=0.2 > rtn:w=6,a=6,kv=6"
+
+
+def worse(recipe_text: str, factor: float):
+    """toy_ppl with one recipe's perplexity multiplied by `factor` (every seed)."""
+    return lambda recipe, seed: toy_ppl(recipe, seed) * (factor if str(recipe) == recipe_text else 1.0)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> dict:
+    """A suite over a never-loaded model folder, its filled store, and a baseline written from that store."""
+    suite = suite_yaml(tmp_path / "suite.yaml", fake_model(tmp_path / "toy"), ratios="[0.2]", bits="[6, 8]")
+    store = tmp_path / "base.sqlite"
+    fill(open_bench(load_suite(suite), store))
+    baseline = tmp_path / "baseline.json"
+    assert gate(suite, store, baseline, "--update-baseline")[0] == 0
+    return {"suite": suite, "store": store, "baseline": baseline, "tmp": tmp_path}
+
+
+def gate(suite: Path, store: Path, baseline: Path, *extra: str) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["gate", "--suite", str(suite), "--store", str(store), "--baseline", str(baseline), *extra])
+    return code, out.getvalue() + err.getvalue()
+
+
+def current_store(setup: dict, ppl, name: str = "current.sqlite", **suite_changes) -> Path:
+    store = setup["tmp"] / name
+    shutil.copy(setup["store"], store)
+    fill(open_bench(load_suite(setup["suite"], **suite_changes), store), ppl)
+    return store
+
+
+def test_baseline_records_identity_and_every_case(setup: dict) -> None:
+    data = json.loads(setup["baseline"].read_text())
+    suite = load_suite(setup["suite"])
+    assert data["corpus"] == "pydoc" and data["split"] == "holdout=0.2,seqlen=32,tokens=256"
+    assert list(data["models"]) == [suite.models[0]] and len(data["models"][suite.models[0]]) == 16
+    recipes = {c["recipe"] for c in data["cases"]}
+    assert {str(case.recipe) for case in suite.cases()} == recipes
+    wanda = next(c for c in data["cases"] if c["recipe"] == "wanda:p=0.2")
+    assert list(wanda["seeds"]) == ["0"] and wanda["mean"] == pytest.approx(toy_ppl(Recipe(()), 0) * 1.08)
+
+
+def test_planted_regression_fails_and_names_the_case(setup: dict) -> None:
+    store = current_store(setup, worse(PLANTED, 1.05))
+    code, out = gate(setup["suite"], store, setup["baseline"])
+    assert code == 1, out
+    regressed = [line for line in out.splitlines() if "worse by" in line]
+    assert len(regressed) == 1 and PLANTED in regressed[0] and "+5.00%" in regressed[0], out
+    assert "pqqp gate FAILED: 1 of" in out
+
+
+def test_within_tolerance_passes(setup: dict) -> None:
+    store = current_store(setup, worse(PLANTED, 1.01))
+    code, out = gate(setup["suite"], store, setup["baseline"])
+    assert code == 0 and "pqqp gate passed: 0 of" in out, out
+    assert gate(setup["suite"], store, setup["baseline"], "--rel-tol", "0.005")[0] == 1  # the flag overrides the suite
+
+
+def test_improvement_is_not_a_regression(setup: dict) -> None:
+    store = current_store(setup, worse(PLANTED, 0.8))
+    assert gate(setup["suite"], store, setup["baseline"])[0] == 0
+
+
+def test_seed_noise_widens_the_allowance(tmp_path: Path) -> None:
+    suite = suite_yaml(tmp_path / "suite.yaml", fake_model(tmp_path / "toy"), ratios="[0.2]", bits="[8]",
+                       seeds="[0, 1, 2]")
+    noisy = lambda recipe, seed: toy_ppl(recipe, 0) * (1 + 0.04 * (seed - 1))  # ±4% across seeds  # noqa: E731
+    store, baseline = tmp_path / "s.sqlite", tmp_path / "b.json"
+    fill(open_bench(load_suite(suite), store), noisy)
+    gate(suite, store, baseline, "--update-baseline")
+    fill(open_bench(load_suite(suite), store), lambda r, s: noisy(r, s) * (1.03 if str(r) == "wanda:p=0.2" else 1))
+    assert gate(suite, store, baseline)[0] == 0  # 3% is within 2% + 2 sigma of a 4% seed spread
+    code, out = gate(suite, store, baseline, "--noise-sigmas", "0")
+    assert code == 1 and "wanda:p=0.2 " in out and "0,1,2" in out
+
+
+def test_min_recovery_flags_a_case_that_falls_below_it(setup: dict) -> None:
+    # wanda p=0.2 > rtn 8 bits keeps dense/ppl = 10/13.5 = 74% in the baseline; 1.5x worse keeps 49%
+    store = current_store(setup, worse("wanda:p=0.2 > rtn:w=8,a=8,kv=8", 1.5))
+    code, out = gate(setup["suite"], store, setup["baseline"], "--rel-tol", "10", "--min-recovery", "0.6")
+    assert code == 1 and "of dense < 60.0%" in out, out
+    assert gate(setup["suite"], store, setup["baseline"], "--rel-tol", "10", "--min-recovery", "0.4")[0] == 0
+
+
+def test_missing_cases_are_reported_not_failed(setup: dict) -> None:
+    shorter = setup["tmp"] / "short.sqlite"
+    fill(open_bench(load_suite(setup["suite"]), shorter), skip=lambda r: str(r) == PLANTED)
+    code, out = gate(setup["suite"], shorter, setup["baseline"])
+    assert code == 0 and "missing from the current store" in out and PLANTED in out and "1 missing" in out
+
+
+def test_a_gate_that_compares_nothing_fails(setup: dict) -> None:
+    empty = setup["tmp"] / "empty.sqlite"
+    fill(open_bench(load_suite(setup["suite"]), empty), skip=lambda r: True)
+    code, out = gate(setup["suite"], empty, setup["baseline"])
+    assert code == 1 and "no case of the baseline is in the current store" in out and "0 of 0 compared" in out
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("models", {"smollm2-135m": "0123456789abcdef"}, "'smollm2-135m'"),
+    ("corpus", "austen", "'austen'"),
+])
+def test_baseline_of_another_model_or_corpus_is_refused(setup: dict, field: str, value, named: str) -> None:
+    data = json.loads(setup["baseline"].read_text())
+    data[field] = value
+    setup["baseline"].write_text(json.dumps(data))
+    code, out = gate(setup["suite"], setup["store"], setup["baseline"])
+    line = out.strip().splitlines()[-1]
+    assert code == 2 and line.startswith("pqqp: error: baseline") and named in line and "not comparable" in line
+    assert ("'pydoc'" if field == "corpus" else str(setup["tmp"] / "toy")) in line  # and the current value
+
+
+def test_other_weights_are_refused(setup: dict) -> None:
+    data = json.loads(setup["baseline"].read_text())
+    model = next(iter(data["models"]))
+    data["models"][model] = "ffffffffffffffff"
+    setup["baseline"].write_text(json.dumps(data))
+    code, out = gate(setup["suite"], setup["store"], setup["baseline"])
+    assert code == 2 and "'ffffffffffffffff'" in out and "not comparable" in out
+
+
+@pytest.mark.parametrize("content, named", [
+    (None, "does not exist"),
+    ("{not json", "is not valid JSON"),
+    ('{"format": "pqqp-baseline/1", "colour": 1}', "unknown key 'colour'"),
+    ("[1, 2]", "holds a list"),
+    ('{"format": "other/9", "suite": "s", "harness_version": "0", "models": {}, "corpus": "c", "split": "s", '
+     '"cases": []}', "format 'other/9'"),
+])
+def test_bad_baseline_is_a_one_line_error(setup: dict, content: str | None, named: str) -> None:
+    bad = setup["tmp"] / "bad.json"
+    if content is not None:
+        bad.write_text(content)
+    code, out = gate(setup["suite"], setup["store"], bad)
+    lines = out.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("pqqp: error:") and named in lines[0], out
+    assert str(bad) in lines[0] and "--update-baseline" in lines[0]
+
+
+def test_bad_flags_and_missing_store_are_one_line_errors(setup: dict) -> None:
+    code, out = gate(setup["suite"], setup["tmp"] / "nope.sqlite", setup["baseline"])
+    assert code == 2 and "nope.sqlite" in out and "does not exist" in out
+    code, out = gate(setup["suite"], setup["store"], setup["baseline"], "--min-recovery", "1.5")
+    assert code == 2 and "min_recovery=1.5" in out and "(0, 1]" in out
+
+
+def test_suite_gate_rules(tmp_path: Path) -> None:
+    suite = load_suite(suite_yaml(tmp_path / "a.yaml", "m", gate="{ppl: {rel_tol: 0.05, min_recovery: 0.3}}"))
+    assert (suite.gate_rule("ppl").rel_tol, suite.gate_rule("ppl").min_recovery) == (0.05, 0.3)
+    assert suite.gate_rule("acc").rel_tol == 0.02  # a metric the suite does not name gets the default
+    with pytest.raises(PqqpError, match="unknown gate key 'tol'.*rel_tol, min_recovery"):
+        load_suite(suite_yaml(tmp_path / "b.yaml", "m", gate="{ppl: {tol: 0.05}}"))
+    with pytest.raises(PqqpError, match="rel_tol=-0.1"):
+        load_suite(suite_yaml(tmp_path / "c.yaml", "m", gate="{ppl: {rel_tol: -0.1}}"))
+
+
+def test_pytest_option_fails_the_session_on_a_regression(setup: dict) -> None:
+    """`pytest suites/ --pqqp-gate`: the grid's tests pass from the store, then the gate fails the session."""
+    folder = setup["tmp"] / "grid"
+    folder.mkdir()
+    shutil.copy(REPO / "suites" / "test_grid.py", folder)
+    store = current_store(setup, worse(PLANTED, 1.05))
+
+    def session(*extra: str) -> subprocess.CompletedProcess:
+        args = [sys.executable, "-m", "pytest", "test_grid.py", "-k", "test_case", "-q", "-p", "no:cacheprovider",
+                "--pqqp-suite", str(setup["suite"]), "--pqqp-store", str(store), *extra]
+        return subprocess.run(args, cwd=folder, capture_output=True, text=True, timeout=300)
+
+    failed = session("--pqqp-gate", str(setup["baseline"]))
+    assert failed.returncode == 1 and " passed" in failed.stdout and " failed" not in failed.stdout, failed.stdout[-2000:]
+    assert "regression gate" in failed.stdout and PLANTED in failed.stdout and "+5.00%" in failed.stdout
+    assert session("--pqqp-gate", str(setup["baseline"]), "--pqqp-rel-tol", "0.1").returncode == 0
+    new = setup["tmp"] / "new.json"
+    assert session("--pqqp-gate", str(new), "--pqqp-update-baseline").returncode == 0 and new.is_file()
+    assert session("--pqqp-gate", str(new)).returncode == 0
+    bad = session("--pqqp-gate", str(setup["tmp"] / "absent.json"))
+    assert bad.returncode == 4 and "absent.json" in bad.stderr and "does not exist" in bad.stderr
