@@ -8,6 +8,7 @@ from torch import nn
 
 from pqqp_bench.errors import PqqpError
 from pqqp_bench.methods import METHODS, LayerWork
+from pqqp_bench.methods.base import PackedMasks
 from pqqp_bench.methods.prune import Magnitude, Wanda, ascending_order, keep_mask
 from pqqp_bench.methods.quantize import fake_quant_asymmetric, fake_quant_symmetric, quantize_weight
 from pqqp_bench.methods.rtn import RTN
@@ -106,3 +107,15 @@ def test_rtn_rejects_group_sizes_that_do_not_divide_the_layer() -> None:
         RTN(w=4, g=48).validate({"q_proj": nn.Linear(64, 64)})
     with pytest.raises(PqqpError, match="nm=2:3 needs in_features divisible by 3"):
         Wanda(nm=(2, 3)).validate({"q_proj": nn.Linear(64, 64)})
+
+
+@pytest.mark.parametrize("shape", [(3, 6), (7, 13), (1, 1), (64, 576)])
+def test_packed_masks_read_back_exactly_at_one_bit_per_weight(shape: tuple[int, int]) -> None:
+    masks = PackedMasks()
+    mask = randn(*shape, seed=shape[1]) > 0
+    masks["l"] = mask
+    assert torch.equal(masks["l"], mask) and masks["l"].dtype == torch.bool
+    assert masks._packed["l"][0].numel() == -(-mask.numel() // 8)
+    assert list(masks) == ["l"] and masks.get("other") is None
+    with pytest.raises(TypeError, match="bool tensor"):
+        masks["l"] = mask.float()

@@ -10,6 +10,7 @@ collects the input statistics the method asks for through forward hooks, calls `
 
 from __future__ import annotations
 
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal
 
@@ -56,12 +57,60 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+_BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as uint8 bytes, eight elements a byte (the last byte zero-padded)."""
+    flat = mask.reshape(-1)
+    flat = torch.cat([flat, flat.new_zeros((-flat.numel()) % 8)])
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=mask.device)
+    return (flat.view(-1, 8).to(torch.uint8) * weights).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The bool tensor of `shape` that `pack_bits` turned into `packed`."""
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=packed.device)
+    bits = packed.unsqueeze(1).bitwise_and(weights).ne(0).reshape(-1)
+    return bits[: shape.numel()].reshape(shape)
+
+
+class PackedMasks(MutableMapping):
+    """Pruning masks by Linear name, stored one bit per weight.
+
+    The engine keeps every block's masks until the whole recipe is done (later passes must keep them, and the
+    report counts them): as bool tensors they would cost a quarter of the fp32 model, packed a thirty-second.
+    A mask reads back as a fresh bool tensor on the device it was stored from.
+    """
+
+    def __init__(self) -> None:
+        self._packed: dict[str, tuple[torch.Tensor, torch.Size]] = {}
+
+    def __setitem__(self, name: str, mask: torch.Tensor) -> None:
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask of {name} has dtype {mask.dtype}: a bool tensor (True = kept) is required")
+        self._packed[name] = (pack_bits(mask), mask.shape)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        packed, shape = self._packed[name]
+        return unpack_bits(packed, shape)
+
+    def __delitem__(self, name: str) -> None:
+        del self._packed[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._packed)
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+
 @dataclass
 class LayerWork:
     """One decoder block handed to the layer-scope methods of a recipe, in recipe order.
 
-    `masks` holds the kept-weight masks (True = kept) that earlier pruning stages set: every later stage must
-    keep those weights at zero. `grids` holds the weight grids (quantize.WeightGrid) that earlier quantization
+    `masks` holds the kept-weight masks (True = kept) that earlier pruning stages set, one bit per weight:
+    every later stage must keep those weights at zero. `grids` holds the weight grids (quantize.WeightGrid) that earlier quantization
     stages chose: a later stage that changes weights must leave them on the grid. `reference` holds each weight as it was when the block's pass started; pruning
     breaks ties in its score by the reference magnitude, never by tensor index (design notes).
     """
@@ -71,7 +120,7 @@ class LayerWork:
     linears: dict[str, nn.Linear]
     attention: nn.Module | None
     reference: dict[str, torch.Tensor]
-    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    masks: PackedMasks = field(default_factory=PackedMasks)
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
     bits: dict[str, dict[str, int]] = field(default_factory=dict)
     grids: dict[str, Any] = field(default_factory=dict)
