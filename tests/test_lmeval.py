@@ -149,3 +149,25 @@ def test_hypothesis_points_on_an_lm_eval_metric(lm_model_dir: Path, sentences: P
             assert math.isfinite(point.stderr) and point.stderr >= 0
         assert {m.key.metric for m in store.query()} == {suite.metric}
         assert all(m.details["documents"] == 4 and "limit=4" in m.key.split for m in store.query())
+
+
+def test_pytest_plugin_runs_the_grid_on_an_lm_eval_metric(lm_model_dir: Path, sentences: Path, tmp_path: Path) -> None:
+    pytest.importorskip("lm_eval", reason="needs lm-eval: pip install 'pqqp-bench[lmeval]'")
+    (tmp_path / "test_grid.py").write_text((ROOT / "suites" / "test_grid.py").read_text())
+    (tmp_path / "lm.yaml").write_text(
+        f"models: ['{lm_model_dir}']\ncorpus: '{sentences}'\nseqlen: 64\ncalib_samples: 2\neval_tokens: 64\n"
+        "device: cpu\npruners: [magnitude]\nquantizers: [rtn]\nratios: [0.3]\nbits: [4, 8]\ncurve_bits: [4, 8]\n"
+        "bootstrap: 100\nlm_eval_limit: 4\nmax_ppl_ratio: 1000000\n")
+    store = tmp_path / "store.sqlite"
+    env = {**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "test_grid.py", "--pqqp-suite", "lm.yaml", "--pqqp-store",
+                           str(store), "--pqqp-metric", "lm-eval:pqqp_cloze/perplexity", "-p", "no:cacheprovider", "-rA", "-q"],
+                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    out = done.stdout + done.stderr
+    assert "test_case[" in out and " FAILED " not in out and "ERROR" not in out, out[-3000:]
+    assert "cases: lm-eval:pqqp_cloze/perplexity" in out, out[-3000:]
+    (verdict,) = [line.split()[0] for line in out.splitlines() if "::test_progressive_intensity[" in line]
+    assert verdict == "PASSED" or (verdict == "FAILED" and "A(Q->P) is not monotone" in out), out[-3000:]
+    with Store(store) as opened:
+        metrics = {m.key.metric for m in opened.query()}
+    assert metrics == {"lm-eval:pqqp_cloze/perplexity"}
