@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 
 SUITE_KEYS = ("corpus", "seqlen", "calib_samples", "eval_tokens", "holdout", "batch_size", "device")
-GRID_FLAGS = ("pruners", "quantizers", "ratios", "bits", "orders", "curve_bits", "seeds", "max_ppl_ratio")
+GRID_FLAGS = ("pruners", "quantizers", "ratios", "bits", "orders", "curve_bits", "seeds", "max_ppl_ratio", "metric",
+              "lm_eval_limit")
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,7 +101,7 @@ def command_suite(args: argparse.Namespace) -> int:
         for index, case in enumerate(bar, 1):
             for m in bench.measure_case(case):
                 took = m.details["seconds"]
-                bar.write(f"[{index}/{len(cases)}] {case.model}  {case.recipe}  ppl {m.value:.4f}  "
+                bar.write(f"[{index}/{len(cases)}] {case.model}  {case.recipe}  {suite.metric} {m.value:.4f}  "
                           f"(compress {took.get('compress', 0):.1f} s, evaluate {took.get('evaluate', 0):.1f} s)")
         print("\n" + full_report(Bench(suite, store, lookup_only=True, cache_dir=args.cache_dir)))
         if args.json:
@@ -212,6 +213,29 @@ def command_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_lm_eval(argv: list[str]) -> int:
+    """`pqqp lm-eval ...`: lm-eval's own command line, with the `pqqp` model type registered first.
+
+    lm-eval 0.4.13 discovers no models outside its package, so this is the smallest way to make
+    `--model pqqp` known to its CLI (`lmeval.register`); everything after `lm-eval` goes to lm-eval as given."""
+    from .evaluate.lmeval import TASKS_DIR, register
+
+    register()
+    from lm_eval.__main__ import cli_evaluate
+
+    include = [] if "--include_path" in argv or not TASKS_DIR.is_dir() or argv[:1] not in (["run"], ["ls"]) \
+        else ["--include_path", str(TASKS_DIR)]
+    saved = sys.argv
+    sys.argv = ["lm-eval", *argv, *include]
+    try:
+        cli_evaluate()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = saved
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pqqp", description="Benchmark the order of pruning and quantization.")
     parser.add_argument("--version", action="version", version=f"pqqp-bench {__version__}")
@@ -252,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--noise-sigmas", type=float, default=None,
                       help="noise allowance in standard errors of the seed spread (default: the suite's noise_sigmas)")
     gate.set_defaults(func=command_gate)
+    sub.add_parser("lm-eval", add_help=False,
+                   help="lm-eval's own CLI with the `pqqp` model type: pqqp lm-eval run --model pqqp --model_args "
+                        "pretrained=smollm2-135m,recipe=... --tasks pqqp_cloze (suites/tasks is included)")
     for name, func, text in (("models", command_models, "list the embedded models"),
                              ("corpora", command_corpora, "list the corpora and why one is missing"),
                              ("methods", command_methods, "list the compression methods and their parameters")):
@@ -260,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lm-eval"]:  # everything after it is lm-eval's, options included
+        try:
+            return command_lm_eval(argv[1:])
+        except PqqpError as exc:
+            print(f"pqqp: error: {exc}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     quiet = getattr(args, "no_progress", False)
     if quiet:  # transformers' own weight-loading bars; ours follow Settings.progress

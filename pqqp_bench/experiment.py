@@ -115,11 +115,10 @@ class Experiment:
             self.calibrations[seed] = self.corpus.calibration_samples(s.calib_samples, s.seqlen, seed)
         return self.calibrations[seed]
 
-    def run(self, recipe: Recipe | str, seed: int | None = None) -> CaseResult:
-        """Compress a fresh copy of the dense model with `recipe` and measure its perplexity.
-
-        `seed` (default: the settings' seed) draws the calibration samples and seeds randomised methods, so
-        one loaded experiment serves every seed of a grid."""
+    def compressed(self, recipe: Recipe | str, seed: int | None = None) -> tuple[torch.nn.Module, CompressionReport, float]:
+        """A fresh copy of the dense model compressed by `recipe` (the dense model itself for `dense`), its
+        compression report and the seconds it took. `seed` (default: the settings' seed) draws the calibration
+        samples and seeds randomised methods, so one loaded experiment serves every seed of a grid."""
         recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
         seed = self.settings.seed if seed is None else seed
         model = copy.deepcopy(self.loaded.model) if recipe.stages else self.loaded.model
@@ -127,7 +126,12 @@ class Experiment:
         start = time.perf_counter()
         report = compress(model, recipe, self.calibration_for(seed), device=self.device, seed=seed,
                           progress=self.settings.progress)
-        compress_seconds = time.perf_counter() - start
+        return model, report, time.perf_counter() - start
+
+    def run(self, recipe: Recipe | str, seed: int | None = None) -> CaseResult:
+        """Compress a fresh copy of the dense model with `recipe` and measure its perplexity."""
+        recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
+        model, report, compress_seconds = self.compressed(recipe, seed)
         ppl = perplexity(model, self.windows, batch_size=self.settings.batch_size, progress=self.settings.progress)
         del model
         return CaseResult(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,17 +58,18 @@ def metric_from_ppl(ppl: float) -> float:
     return -ppl
 
 
-LOWER_IS_BETTER = frozenset({"ppl"})
-"""Store metric names whose raw value is lower-is-better; any other metric (an accuracy) is higher-is-better."""
+LOWER_IS_BETTER = frozenset({"ppl", "perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"})
+"""Metric names whose raw value is lower-is-better (the harness's `ppl`, and lm-eval's perplexity metrics, also
+as the `<metric>` of `lm-eval:<task>/<metric>`); any other metric (an accuracy) is higher-is-better."""
 
 
 def higher_is_better(metric: str) -> bool:
-    return metric not in LOWER_IS_BETTER
+    return metric.rpartition("/")[2] not in LOWER_IS_BETTER
 
 
 def oriented(metric: str, value: float) -> float:
-    """The paper's higher-is-better M of a stored value (§2): -ppl for perplexity, the value itself otherwise."""
-    return metric_from_ppl(value) if metric == "ppl" else _not_nan(metric, value)
+    """The paper's higher-is-better M of a stored value (§2): -value for a perplexity, the value itself otherwise."""
+    return _not_nan(metric, value) if higher_is_better(metric) else -_not_nan(metric, value)
 
 
 def recovery(metric: str, value: float, dense: float) -> float:
@@ -235,6 +236,56 @@ def paired_bootstrap_advantage(
     return Estimate(value, stderr, low, high)
 
 
+def sample_statistic(metric: str) -> Callable[[np.ndarray], np.ndarray]:
+    """M (higher-is-better) of an lm-eval metric from r = sum(value) / sum(weight) over its per-document samples.
+
+    lm-eval logs one sample per document: a number for mean-aggregated metrics (acc: M = r) and for the
+    loglikelihood `perplexity` (M = -exp(-r)); a (loglikelihood, words or bytes) pair for `word_perplexity`
+    and `byte_perplexity` (M = -exp(-r)) and `bits_per_byte` (M = r / ln 2, minus the bits per byte).
+    """
+    name = metric.rpartition("/")[2]
+    if name in ("perplexity", "word_perplexity", "byte_perplexity"):
+        return lambda r: -np.exp(-r)
+    if name == "bits_per_byte":
+        return lambda r: r / math.log(2)
+    if name in LOWER_IS_BETTER:
+        raise PqqpError(f"metric {metric!r} has no per-document samples: accepted lm-eval:<task>/<metric>")
+    return lambda r: r
+
+
+def _sample_pairs(name: str, samples: Sequence) -> np.ndarray:
+    """Per-document samples as an [n, 2] array of (value, weight); a bare number has weight 1."""
+    rows = [tuple(s) if isinstance(s, (list, tuple)) else (s, 1.0) for s in samples]
+    array = np.asarray(rows, dtype=float)
+    if array.ndim != 2 or array.shape[1] != 2 or array.shape[0] == 0 or not np.all(np.isfinite(array)):
+        raise PqqpError(f"{name}: a non-empty list of finite per-document values or (value, weight) pairs is required")
+    return array
+
+
+def paired_bootstrap_samples(
+    metric: str, samples_qp: Sequence, samples_pq: Sequence, *, resamples: int = 2000, seed: int = 0
+) -> Estimate:
+    """A(Q->P) = M(Q->P) - M(P->Q) for an lm-eval metric, with its paired bootstrap over the task's documents.
+
+    As `paired_bootstrap_advantage`, with documents in place of windows: both orders are resampled with the
+    same document indices, so document difficulty cancels. Deterministic given `seed`.
+    """
+    qp, pq = _sample_pairs("samples_qp", samples_qp), _sample_pairs("samples_pq", samples_pq)
+    if qp.shape != pq.shape:
+        raise PqqpError(f"samples_qp has {len(qp)} documents and samples_pq {len(pq)}: the same documents are required")
+    if isinstance(resamples, bool) or int(resamples) != resamples or resamples < 2:
+        raise PqqpError(f"resamples={resamples!r}: an integer >= 2 is required")
+    statistic = sample_statistic(metric)
+
+    def adv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return statistic(a[..., 0].sum(-1) / a[..., 1].sum(-1)) - statistic(b[..., 0].sum(-1) / b[..., 1].sum(-1))
+
+    index = np.random.default_rng(seed).integers(0, len(qp), size=(int(resamples), len(qp)))
+    boot = adv(qp[index], pq[index])
+    low, high = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+    return Estimate(float(adv(qp, pq)), float(np.std(boot, ddof=1)), low, high)
+
+
 def combine_seeds(estimates: list[Estimate]) -> Estimate:
     """Pool one estimate of A per calibration seed into one (uncertainty for Def. 4 / Fig. 3 error bars).
 
@@ -380,6 +431,16 @@ def is_collapsed(ppls: Iterable[float], dense_ppl: float, max_ratio: float) -> b
         raise PqqpError(f"dense_ppl={dense_ppl!r}, max_ratio={max_ratio!r}: positive numbers are required")
     limit = max_ratio * dense_ppl
     return any(not math.isfinite(float(v)) or float(v) > limit for v in ppls)
+
+
+def is_collapsed_metric(metric: str, values: Iterable[float], dense: float, max_ratio: float) -> bool:
+    """`is_collapsed` for any metric: a value is collapsed where it keeps less than 1/max_ratio of the dense
+    model's quality (`recovery`), which for perplexity is exactly ppl > max_ratio · dense."""
+    values = list(values)
+    if not higher_is_better(metric):
+        return is_collapsed(values, dense, max_ratio)
+    _finite("dense", dense)
+    return any(not math.isfinite(float(v)) or not recovery(metric, v, dense) >= 1.0 / max_ratio for v in values)
 
 
 # ----------------------------------------------------------------------------------- Fig. 3 exponential fit

@@ -25,6 +25,7 @@ from typing import Any
 from tabulate import tabulate
 
 from . import __version__
+from .errors import PqqpError
 from .hypothesis import CER, Point, oriented, quant_ratio
 from .measure import METRIC, Bench, Missing
 from .report import Verdict, fmt, trend, verdict
@@ -471,6 +472,9 @@ def html_page(boards: list[ModelBoard], source: Provenance) -> str:
 
 def build(bench: Bench, out: Path, command: str) -> list[Path]:
     """Write the leaderboard of `bench`'s suite into `out`; returns the files written, in a fixed order."""
+    if bench.suite.metric != METRIC:
+        raise PqqpError(f"the leaderboard's tables are written for metric {METRIC!r}, the suite's is "
+                        f"{bench.suite.metric!r}: accepted a suite with metric ppl (pqqp gate and pytest accept both)")
     out.mkdir(parents=True, exist_ok=True)
     boards = collect_all(bench)
     source = provenance(command, bench, boards)

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import PqqpError
-from .hypothesis import CER, Estimate, Point, cer, combine_seeds, is_collapsed, metric_from_ppl, paired_bootstrap_advantage, quant_ratio
+from .hypothesis import (CER, Estimate, Point, cer, combine_seeds, is_collapsed_metric, oriented,
+                         paired_bootstrap_advantage, paired_bootstrap_samples, quant_ratio)
 from .store import Measurement, MeasurementKey, Store
 from .suite import Case, HypothesisSpec, PointSpec, Suite
 from .spec import Recipe, parse_recipe
@@ -27,7 +28,7 @@ from .spec import Recipe, parse_recipe
 if TYPE_CHECKING:
     from .experiment import Experiment
 
-METRIC = "ppl"
+METRIC = "ppl"  # the default metric: token-level perplexity (`lm-eval:<task>/<metric>` selects an lm-eval task)
 
 
 class Missing(LookupError):
@@ -61,6 +62,7 @@ class Bench:
     computed: list[str] = field(default_factory=list)  # digests computed by this process (refresh: once each)
     experiments: dict[str, Any] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
+    task_managers: dict[str, Any] = field(default_factory=dict)  # lm-eval's, built once per bench
 
     # --- identity ----------------------------------------------------------------------------------------
 
@@ -80,13 +82,20 @@ class Bench:
         """The suite's seeds where one of `recipes` can depend on the seed, else just the first."""
         return self.suite.seeds if any(uses_seed(r) for r in recipes) else self.suite.seeds[:1]
 
+    def split(self) -> str:
+        """The evaluation split in the key: the perplexity windows, or the context an lm-eval task runs with."""
+        s = self.suite
+        if s.metric == METRIC:
+            return f"holdout={s.holdout:g},seqlen={s.seqlen},tokens={s.eval_tokens}"
+        return f"holdout={s.holdout:g},max_length={s.seqlen}" + (f",limit={s.lm_eval_limit}" if s.lm_eval_limit else "")
+
     def key(self, model: str, recipe: Recipe, seed: int) -> MeasurementKey:
         s = self.suite
         seeded = uses_seed(recipe)
         return MeasurementKey(
             model=model, model_hash=self.fingerprint(model), corpus=self.corpus_id,
-            split=f"holdout={s.holdout:g},seqlen={s.seqlen},tokens={s.eval_tokens}", recipe=str(recipe),
-            recipe_key=recipe.key, metric=METRIC, seed=seed if seeded else -1,
+            split=self.split(), recipe=str(recipe),
+            recipe_key=recipe.key, metric=s.metric, seed=seed if seeded else -1,
             calibration=f"samples={s.calib_samples},seqlen={s.seqlen}" if seeded else "",
             harness_version=__version__,
         )
@@ -131,18 +140,44 @@ class Bench:
         from .blocks import block_linears, decoder_blocks
 
         experiment = self.experiment(model)
-        case = experiment.run(recipe, seed=seed)
         dense = decoder_blocks(experiment.loaded.model)
         narrowest = min(lin.in_features for b in dense for lin in block_linears(b).values())
         tolerance = 0.5 / narrowest + (0.5 / len(dense) if any(s.scope == "model" and s.kind == "prune"
                                                                 for s in recipe.stages) else 0.0)
+        if self.suite.metric == METRIC:
+            value, evaluated, seconds = self.perplexity(experiment, recipe, seed)
+        else:
+            value, evaluated, seconds = self.lm_eval_task(experiment, recipe, seed)
+        return value, {"order": recipe.order, **evaluated, "sparsity_tolerance": tolerance, "seconds": seconds,
+                       "device": experiment.device}
+
+    @staticmethod
+    def perplexity(experiment: "Experiment", recipe: Recipe, seed: int) -> tuple[float, dict, dict]:
+        case = experiment.run(recipe, seed=seed)
         p = case.perplexity
         return p.ppl, {
-            "order": recipe.order, "requested": case.report.requested, "achieved": case.report.achieved(),
-            "sparsity_tolerance": tolerance, "structure": case.report.structure, "window_nll": p.window_nll,
-            "tokens": p.tokens, "windows": p.windows, "seqlen": p.seqlen, "convention": p.convention,
-            "seconds": case.seconds, "device": experiment.device,
-        }
+            "requested": case.report.requested, "achieved": case.report.achieved(), "structure": case.report.structure,
+            "window_nll": p.window_nll, "tokens": p.tokens, "windows": p.windows, "seqlen": p.seqlen,
+            "convention": p.convention,
+        }, case.seconds
+
+    def lm_eval_task(self, experiment: "Experiment", recipe: Recipe, seed: int) -> tuple[float, dict, dict]:
+        """The suite's lm-eval metric of the compressed model (`evaluate/lmeval.py`), with per-document samples."""
+        from .evaluate.lmeval import evaluate_task, require_lm_eval, task_manager
+
+        s = self.suite
+        require_lm_eval()
+        if s.corpus not in self.task_managers:
+            self.task_managers[s.corpus] = task_manager(s.corpus, s.holdout)
+        model, report, compress_seconds = experiment.compressed(recipe, seed)
+        result = evaluate_task(model, experiment.loaded.tokenizer, s.metric, seqlen=s.seqlen, corpus=s.corpus,
+                               holdout=s.holdout, batch_size=s.batch_size, limit=s.lm_eval_limit,
+                               manager=self.task_managers[s.corpus])
+        return result.value, {
+            "requested": report.requested, "achieved": report.achieved(), "structure": report.structure,
+            "samples": result.samples, "documents": len(result.samples), "lm_eval_stderr": result.stderr,
+            "max_length": result.max_length, "convention": result.convention,
+        }, {"compress": compress_seconds, "evaluate": result.seconds}
 
     def measure_case(self, case: Case) -> list[Measurement]:
         """A case under every seed that can change it (one measurement where none can)."""
@@ -155,20 +190,25 @@ class Bench:
 
     # --- hypothesis inputs -------------------------------------------------------------------------------
 
-    def mean_ppl(self, model: str, recipe: Recipe) -> float:
-        ppls = [m.value for m in self.measure_case(Case(model, recipe, "", ""))]
-        return sum(ppls) / len(ppls)
+    def mean_value(self, model: str, recipe: Recipe) -> float:
+        """The suite's metric of `recipe`, averaged over the seeds that can change it."""
+        values = [m.value for m in self.measure_case(Case(model, recipe, "", ""))]
+        return sum(values) / len(values)
+
+    def oriented(self, model: str, recipe: Recipe) -> float:
+        """The paper's M (higher is better) of `recipe`: -ppl, -perplexity, or an accuracy."""
+        return oriented(self.suite.metric, self.mean_value(model, recipe))
 
     def curve(self, model: str, quantizer: str) -> list[tuple[float, float]]:
         """The measured quantization curve (C_Q, M): the dense model at C_Q = 1, then every curve bit width."""
-        points = [(1.0, metric_from_ppl(self.mean_ppl(model, Recipe(()))))]
+        points = [(1.0, self.oriented(model, Recipe(())))]
         for bits, recipe in self.suite.curve(quantizer).items():
-            points.append((quant_ratio(bits), metric_from_ppl(self.mean_ppl(model, recipe))))
+            points.append((quant_ratio(bits), self.oriented(model, recipe)))
         return points
 
     def cer_of_pruner(self, model: str, pruner: str, p: float, quantizer: str) -> CER:
         """C*_P: the pruned model's metric mapped onto the quantizer's curve (Def. 3; both on the original φ)."""
-        return cer(metric_from_ppl(self.mean_ppl(model, self.suite.pruner(pruner, p))), self.curve(model, quantizer))
+        return cer(self.oriented(model, self.suite.pruner(pruner, p)), self.curve(model, quantizer))
 
     def point(self, spec: PointSpec, seed_for_bootstrap: int = 0) -> tuple[Point, dict]:
         """A(Q->P) = M(Q then P) - M(P then Q) with its paired-bootstrap noise (combined over seeds)."""
@@ -181,16 +221,23 @@ class Bench:
             if not all(math.isfinite(v) for v in (qp.value, pq.value)):
                 estimates.append(Estimate(float("nan"), float("inf"), float("nan"), float("nan")))
                 continue
-            estimates.append(paired_bootstrap_advantage(qp.details["window_nll"], pq.details["window_nll"],
-                                                        qp.details["seqlen"] - 1, resamples=self.suite.bootstrap,
-                                                        seed=seed_for_bootstrap))
+            estimates.append(self.advantage(qp, pq, seed_for_bootstrap))
         estimate = combine_seeds(estimates) if all(math.isfinite(e.value) for e in estimates) else estimates[0]
-        dense = self.mean_ppl(spec.model, Recipe(()))
-        collapsed = is_collapsed(ppls, dense, self.suite.max_ppl_ratio)
+        dense = self.mean_value(spec.model, Recipe(()))
+        collapsed = is_collapsed_metric(self.suite.metric, ppls, dense, self.suite.max_ppl_ratio)
         c_q = quant_ratio(spec.bits)
         point = Point(spec.p, spec.bits, c_q, self.cer_of_pruner(spec.model, spec.pruner, spec.p, spec.quantizer),
                       estimate.value, estimate.stderr, collapsed)
         return point, {"ppl_qp": ppls[0::2], "ppl_pq": ppls[1::2], "dense_ppl": dense, "estimate": estimate}
+
+    def advantage(self, qp: Measurement, pq: Measurement, seed: int) -> Estimate:
+        """A(Q->P) with its paired bootstrap: over evaluation windows (ppl) or over task documents (lm-eval)."""
+        resamples = self.suite.bootstrap
+        if self.suite.metric == METRIC:
+            return paired_bootstrap_advantage(qp.details["window_nll"], pq.details["window_nll"],
+                                              qp.details["seqlen"] - 1, resamples=resamples, seed=seed)
+        return paired_bootstrap_samples(self.suite.metric, qp.details["samples"], pq.details["samples"],
+                                        resamples=resamples, seed=seed)
 
     def hypothesis_points(self, spec: HypothesisSpec) -> list[tuple[Point, dict]]:
         return [self.point(p) for p in spec.points()]

@@ -45,6 +45,8 @@ GRID_OPTIONS = {
     "seeds": "calibration seeds, e.g. 0,1,2 (noise from seeds)",
     "batch_size": "evaluation windows per forward pass",
     "device": "auto, cpu, cuda, cuda:N",
+    "metric": "ppl (token-level perplexity) or lm-eval:<task>/<metric>, e.g. lm-eval:pqqp_cloze/acc",
+    "lm_eval_limit": "lm-eval metrics: score only the first N documents of the task",
     "pruners": "pruner templates, e.g. wanda,sparsegpt (';' between templates with parameters)",
     "quantizers": "quantizer templates, e.g. 'rtn;quarot > gptq:g=64'",
     "ratios": "pruning ratios p, e.g. 0.1,0.2,0.3",

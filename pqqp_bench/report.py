@@ -44,9 +44,12 @@ def case_table(bench: Bench) -> str:
     if not rows:
         return ""
     s = bench.suite
-    title = f"cases: token-level perplexity, {s.eval_tokens // s.seqlen} x {s.seqlen}-token windows of {s.corpus}"
+    if s.metric == "ppl":
+        title = f"cases: token-level perplexity, {s.eval_tokens // s.seqlen} x {s.seqlen}-token windows of {s.corpus}"
+    else:
+        title = f"cases: {s.metric} (lm-eval, context {s.seqlen} tokens, held-out text of {s.corpus})"
     return title + "\n" + tabulate(rows, headers=["model", "recipe", "order", "seed", "sparsity", "bits", "C total",
-                                                  "ppl", "compress s", "eval s"])
+                                                  s.metric, "compress s", "eval s"])
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from .errors import PqqpError
+from .evaluate.lmeval import parse_metric
 from .experiment import Settings
 from .methods import method_class
 from .methods.base import boolean, format_value
@@ -64,6 +65,8 @@ class Suite:
     seeds: tuple[int, ...] = (0,)
     batch_size: int = 1
     device: str = "auto"
+    metric: str = "ppl"  # or lm-eval:<task>/<metric>, e.g. lm-eval:pqqp_cloze/acc
+    lm_eval_limit: int | None = None  # lm-eval tasks: score only the first N documents (None: all)
     pruners: tuple[str, ...] = ("wanda",)
     quantizers: tuple[str, ...] = ("rtn",)
     ratios: tuple[float, ...] = (0.3,)
@@ -305,6 +308,9 @@ def check_grid(suite: Suite) -> None:
     for name in ("models", "seeds", "pruners", "quantizers", "ratios", "bits", "orders", "quantize"):
         if not getattr(suite, name):
             raise PqqpError(f"suite key '{name}' is empty: give at least one value")
+    parse_metric(suite.metric)
+    if suite.lm_eval_limit is not None and suite.lm_eval_limit < 1:
+        raise PqqpError(f"lm_eval_limit={suite.lm_eval_limit} is not accepted: a positive number of documents or null")
     for order in suite.orders:
         if order not in ORDERS:
             raise PqqpError(f"unknown order {order!r}: accepted {', '.join(ORDERS)}")
