@@ -214,10 +214,10 @@ def command_methods(args: argparse.Namespace) -> int:
 
 
 def command_lm_eval(argv: list[str]) -> int:
-    """`pqqp lm-eval ...`: lm-eval's own command line, with the `pqqp` model type registered first.
+    """`pqqp lm-eval ...`: lm-eval's own command line with the offline tasks of `suites/tasks` included.
 
-    lm-eval 0.4.13 discovers no models outside its package, so this is the smallest way to make
-    `--model pqqp` known to its CLI (`lmeval.register`); everything after `lm-eval` goes to lm-eval as given."""
+    `--model pqqp` is known to lm-eval once pqqp-bench is installed (`pqqp_bench_lmeval`); `register()` makes sure of
+    it in a checkout used without installing. Everything after `lm-eval` goes to lm-eval as given."""
     from .evaluate.lmeval import TASKS_DIR, register
 
     register()

@@ -15,7 +15,7 @@ import torch
 
 from conftest import char_tokenizer, tiny_llama
 from pqqp_bench.errors import PqqpError
-from pqqp_bench.evaluate.lmeval import cloze_docs, parse_metric, passage_docs
+from pqqp_bench.evaluate.lmeval import TASKS_DIR, cloze_docs, parse_metric, passage_docs
 from pqqp_bench.hypothesis import higher_is_better, oriented, paired_bootstrap_samples, recovery
 from pqqp_bench.measure import Bench
 from pqqp_bench.store import Store
@@ -114,12 +114,40 @@ def lm_suite(model: Path, corpus: Path, metric: str, **extra) -> Suite:
                  bootstrap=100, device="cpu", metric=metric, **extra)
 
 
+def test_installing_pqqp_bench_registers_the_model_type_with_lm_eval() -> None:
+    """A fresh interpreter that imports only lm-eval finds `pqqp`, beside lm-eval's own models (the registry is
+    not left holding `pqqp` alone, which would hide them), and loads it lazily."""
+    pytest.importorskip("lm_eval", reason="needs lm-eval: pip install 'pqqp-bench[lmeval]'")
+    code = ("import sys\nfrom lm_eval.api.registry import get_model, model_registry\n"
+            "assert 'pqqp_bench.evaluate.lmeval_model' not in sys.modules\n"
+            "print(get_model('pqqp').__name__, get_model('hf').__name__, len(model_registry) > 10)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, timeout=300)
+    assert done.returncode == 0, "pqqp_bench_lmeval.pth missing? reinstall pqqp-bench: " + done.stderr[-2000:]
+    assert done.stdout.split() == ["PqqpLM", "HFLM", "True"]
+
+
+def test_registration_finder_wraps_only_lm_eval_models() -> None:
+    lm_eval = pytest.importorskip("lm_eval", reason="needs lm-eval: pip install 'pqqp-bench[lmeval]'")
+    from pqqp_bench_lmeval import LmEvalModelsFinder, install
+
+    finder = LmEvalModelsFinder()
+    assert finder.find_spec("json", None) is None and finder.find_spec("lm_eval", None) is None
+    try:
+        spec = finder.find_spec("lm_eval.models", lm_eval.__path__)
+        assert type(spec.loader).__name__ == "_RegisteringLoader"
+        assert Path(spec.origin).parts[-2:] == ("models", "__init__.py")
+    finally:
+        install()  # the finder removes itself once used: put it back (or register, where lm-eval is loaded)
+
+
 def test_lm_eval_cli_gives_the_stored_numbers(lm_model_dir: Path, sentences: Path, tmp_path: Path) -> None:
     pytest.importorskip("lm_eval", reason="needs lm-eval: pip install 'pqqp-bench[lmeval]'")
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "pqqp_bench.cli", "lm-eval", "run", "--model", "pqqp", "--model_args",
+    # lm-eval's own command line: the `pqqp` type is registered by the installed pqqp_bench_lmeval.pth alone
+    args = [sys.executable, "-m", "lm_eval", "run", "--model", "pqqp", "--model_args",
             f"pretrained={lm_model_dir}", f'recipe="{RECIPE}"', f"corpus={sentences}", "seqlen=64",
-            "calib_samples=2", "--tasks", "pqqp_cloze,pqqp_perplexity", "--device", "cpu", "--output_path", str(out)]
+            "calib_samples=2", "--tasks", "pqqp_cloze,pqqp_perplexity", "--include_path", str(TASKS_DIR),
+            "--device", "cpu", "--output_path", str(out)]
     env = {**os.environ, **OFFLINE, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

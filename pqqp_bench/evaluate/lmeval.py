@@ -10,8 +10,9 @@
   `pqqp_perplexity` (rolling loglikelihood over held-out passages) and `pqqp_cloze` (LAMBADA-style
   last-word prediction, rule in `cloze_docs`).
 
-lm-eval 0.4.13 has no plugin discovery for models (its registry is filled from its own module table), so
-`register()` adds `pqqp` to the registry; `pqqp lm-eval ...` calls it and then runs lm-eval's own CLI.
+lm-eval 0.4.13 has no plugin discovery for models (its registry is filled from its own module table): the
+installed `pqqp_bench_lmeval.pth` registers `pqqp` as lm-eval loads that table (`pqqp_bench_lmeval`); `register()`
+does it explicitly, for a checkout used without installing (PYTHONPATH).
 lm_eval itself is imported only inside functions: the core installs and tests without it.
 """
 
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PREFIX = "lm-eval:"
-MODEL_NAME = "pqqp"
-MODEL_TARGET = "pqqp_bench.evaluate.lmeval_model:PqqpLM"
 TASKS_DIR = Path(__file__).resolve().parents[2] / "suites" / "tasks"
 INSTALL_HINT = "pip install 'pqqp-bench[lmeval]'"
 
@@ -63,10 +62,11 @@ def register() -> None:
     """Make `--model pqqp` known to lm-eval (lazily: the class is imported when lm-eval first asks for it)."""
     require_lm_eval()
     import lm_eval.models  # noqa: F401  (fills the registry with lm-eval's own models first)
-    from lm_eval.api.registry import model_registry
 
-    if MODEL_NAME not in model_registry:
-        model_registry.register(MODEL_NAME, target=MODEL_TARGET)
+    import pqqp_bench_lmeval
+
+    if not pqqp_bench_lmeval.register():
+        raise PqqpError("lm-eval's model registry refused the `pqqp` model type: accepted lm-eval >=0.4.13,<0.5")
 
 
 # --------------------------------------------------------------------------------------------- evaluation

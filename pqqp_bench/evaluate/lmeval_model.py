@@ -6,7 +6,7 @@
 `pretrained` is anything the harness loads (embedded name, HF id, HF folder, .gguf file), through its model
 cache; `recipe` is a harness recipe (default `dense`); `corpus`, `holdout`, `seqlen`, `calib_samples`, `seed`
 are the harness's settings (calibration data, and the context length lm-eval evaluates with). This module
-imports lm_eval at the top: lm-eval imports it when asked for `--model pqqp` (see `lmeval.register`).
+imports lm_eval at the top: lm-eval imports it when asked for `--model pqqp` (see `pqqp_bench_lmeval`).
 """
 
 from __future__ import annotations
