@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import __version__
 from .errors import PqqpError
@@ -26,9 +26,11 @@ from .suite import Case, HypothesisSpec, PointSpec, Suite
 from .spec import Recipe, parse_recipe
 
 if TYPE_CHECKING:
+    from .evaluate.throughput import Backend
     from .experiment import Experiment
 
 METRIC = "ppl"  # the default metric: token-level perplexity (`lm-eval:<task>/<metric>` selects an lm-eval task)
+THROUGHPUT = "throughput"  # generation tokens/s (the suite's `throughput` section; evaluate/throughput.py)
 
 
 class Missing(LookupError):
@@ -63,6 +65,7 @@ class Bench:
     experiments: dict[str, Any] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
     task_managers: dict[str, Any] = field(default_factory=dict)  # lm-eval's, built once per bench
+    vllm_venv: str | None = None  # where vLLM lives when this environment has none (evaluate/throughput.py)
 
     # --- identity ----------------------------------------------------------------------------------------
 
@@ -89,13 +92,14 @@ class Bench:
             return f"holdout={s.holdout:g},seqlen={s.seqlen},tokens={s.eval_tokens}"
         return f"holdout={s.holdout:g},max_length={s.seqlen}" + (f",limit={s.lm_eval_limit}" if s.lm_eval_limit else "")
 
-    def key(self, model: str, recipe: Recipe, seed: int) -> MeasurementKey:
+    def key(self, model: str, recipe: Recipe, seed: int, metric: str | None = None, split: str | None = None
+            ) -> MeasurementKey:
         s = self.suite
         seeded = uses_seed(recipe)
         return MeasurementKey(
             model=model, model_hash=self.fingerprint(model), corpus=self.corpus_id,
-            split=self.split(), recipe=str(recipe),
-            recipe_key=recipe.key, metric=s.metric, seed=seed if seeded else -1,
+            split=split or self.split(), recipe=str(recipe),
+            recipe_key=recipe.key, metric=metric or s.metric, seed=seed if seeded else -1,
             calibration=f"samples={s.calib_samples},seqlen={s.seqlen}" if seeded else "",
             harness_version=__version__,
         )
@@ -106,7 +110,11 @@ class Bench:
         """The stored measurement of `recipe` on `model`, computing and storing it first if it is missing."""
         recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
         seed = self.suite.seeds[0] if seed is None else seed
-        key = self.key(model, recipe, seed)
+        return self.stored_or_computed(self.key(model, recipe, seed), lambda: self.compute(model, recipe, seed))
+
+    def stored_or_computed(self, key: MeasurementKey, compute: Callable[[], tuple[float, dict]]) -> Measurement:
+        """The stored measurement of `key`, or `compute()`'s, stored under the key's claim (once per process
+        with `refresh`)."""
         digest = key.digest()
         stale = self.refresh and digest not in self.computed
         if not stale:
@@ -114,12 +122,12 @@ class Bench:
             if found is not None:
                 return found
         if self.lookup_only:
-            raise Missing(f"{model}: {recipe} (seed {seed}) is not stored")
+            raise Missing(f"{key.model}: {key.recipe} ({key.metric}, seed {key.seed}) is not stored")
         with self.store.claim(key):
             found = None if stale else self.store.get(key)  # another worker may have stored it meanwhile
             if found is not None:
                 return found
-            measurement = Measurement(key, *self.compute(model, recipe, seed))
+            measurement = Measurement(key, *compute())
             self.store.put(measurement, replace=stale)
             self.computed.append(digest)
             return self.store.get(key) or measurement
@@ -178,6 +186,62 @@ class Bench:
             "samples": result.samples, "documents": len(result.samples), "lm_eval_stderr": result.stderr,
             "max_length": result.max_length, "convention": result.convention,
         }, {"compress": compress_seconds, "evaluate": result.seconds}
+
+    # --- throughput ------------------------------------------------------------------------------------
+
+    @cached_property
+    def backend(self) -> "Backend":
+        """The throughput backend of this bench (the section's, `auto` resolved once: vLLM where found)."""
+        from .evaluate.throughput import resolve_backend
+
+        if self.suite.throughput is None:
+            raise PqqpError(f"suite '{self.suite.name}' has no throughput section: add one (see suites/throughput.yaml)")
+        return resolve_backend(self.suite.throughput.settings.backend, self.vllm_venv)
+
+    def throughput_key(self, model: str, recipe: Recipe, backend: str | None = None) -> MeasurementKey:
+        assert self.suite.throughput is not None
+        split = self.suite.throughput.settings.split(backend or self.backend.name)
+        return self.key(model, recipe, self.suite.seeds[0], metric=THROUGHPUT, split=split)
+
+    def throughput(self, model: str, recipe: Recipe | str) -> Measurement:
+        """The stored tokens/s of `recipe` on `model` (the dense model's first: the speed-up divides by it),
+        measured and stored first where missing. A failure stores nothing and keeps what was stored."""
+        recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
+        dense = None if not recipe.stages else self.throughput(model, Recipe(()))
+        return self.stored_or_computed(self.throughput_key(model, recipe),
+                                       lambda: self.compute_throughput(model, recipe, dense))
+
+    def compute_throughput(self, model: str, recipe: Recipe, dense: Measurement | None) -> tuple[float, dict]:
+        import tempfile
+
+        from .evaluate.throughput import run_transformers, run_vllm
+        from .export import export
+
+        spec, backend, seed = self.suite.throughput, self.backend, self.suite.seeds[0]
+        assert spec is not None
+        experiment = self.experiment(model)
+        compressed, report, compress_seconds = experiment.compressed(recipe, seed)
+        served: dict[str, Any]
+        if backend.name == "vllm":
+            assert backend.python is not None
+            with tempfile.TemporaryDirectory(prefix="pqqp-export-") as tmp:
+                exported = export(compressed, experiment.loaded.tokenizer, report, Path(tmp) / "model",
+                                  spec.settings.dtype)
+                result = run_vllm(exported.folder, spec.settings, backend.python, seed)
+            served = exported.as_dict()
+        else:
+            result = run_transformers(compressed, experiment.loaded.tokenizer, spec.settings, seed, experiment.device)
+            served = {"format": "transformers", "low_bit": False, "served_as": "the harness's model (fake quantization)",
+                      "notes": [f"transformers backend: {backend.reason}"]}
+        del compressed
+        value = result["tokens_per_s"]
+        dense_value = value if dense is None else dense.value
+        return value, {
+            "order": recipe.order, **result, **served, "backend_reason": backend.reason,
+            "requested": report.requested, "achieved": report.achieved(), "structure": report.structure,
+            "dense_tokens_per_s": dense_value, "dense_created": dense.created if dense else "",
+            "speedup": value / dense_value, "seconds": {"compress": compress_seconds, "measure": result["elapsed"]},
+        }
 
     def measure_case(self, case: Case) -> list[Measurement]:
         """A case under every seed that can change it (one measurement where none can)."""
