@@ -65,6 +65,7 @@ GRID_OPTIONS = {
     "throughput_output_len": "throughput: tokens generated per prompt (ignore_eos)",
     "throughput_num_prompts": "throughput: prompts in the offline batch",
     "throughput_dtype": "throughput: bfloat16, float16, float32",
+    "throughput_enforce_eager": "throughput: true runs vLLM without graph compilation (faster start, slower steps)",
 }
 
 

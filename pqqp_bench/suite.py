@@ -64,7 +64,7 @@ class ThroughputSpec:
         return [Case(model, r, "throughput", short(r)) for r in recipes]
 
 
-THROUGHPUT_KEYS = ("recipes", "backend", "prompt_len", "output_len", "num_prompts", "dtype", "timeout")
+THROUGHPUT_KEYS = ("recipes", "backend", "prompt_len", "output_len", "num_prompts", "dtype", "enforce_eager", "timeout")
 
 
 def throughput_section(value: Any) -> ThroughputSpec | None:
@@ -82,14 +82,15 @@ def throughput_section(value: Any) -> ThroughputSpec | None:
     if not isinstance(recipes, (list, tuple)):
         raise PqqpError(f"bad value throughput.recipes={recipes!r} in the suite: accepted a list of recipes, "
                         f"e.g. [dense, 'sleb:p=0.2', 'rtn:w=8,a=8']")
-    numbers = {"prompt_len": int, "output_len": int, "num_prompts": int, "timeout": float}
+    numbers = {"prompt_len": int, "output_len": int, "num_prompts": int, "timeout": float, "enforce_eager": to_bool}
     settings = {}
     for key in set(value) - {"recipes"}:
         raw = value[key]
         try:
             settings[key] = numbers[key](raw) if key in numbers and not isinstance(raw, bool) else raw
         except (TypeError, ValueError):
-            raise PqqpError(f"bad value throughput.{key}={raw!r} in the suite: accepted a positive number") from None
+            accepted = "true or false" if key == "enforce_eager" else "a positive number"
+            raise PqqpError(f"bad value throughput.{key}={raw!r} in the suite: accepted {accepted}") from None
     return ThroughputSpec(tuple(parse_recipe(str(r).strip()) for r in recipes if str(r).strip()),
                           ThroughputSettings(**settings))
 

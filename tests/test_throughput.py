@@ -33,6 +33,7 @@ def throughput_suite(path: Path, model: str, corpus: str, **section: object) -> 
     ({"prompt_len": "many"}, "bad value throughput.prompt_len='many' in the suite: accepted a positive number"),
     ({"ouput_len": 4}, "unknown throughput key 'ouput_len' in the suite: accepted recipes, backend, prompt_len"),
     ({"recipes": "['quarot:w=4']"}, "unknown parameter 'w' for method 'quarot'"),
+    ({"enforce_eager": "maybe"}, "bad value throughput.enforce_eager='maybe' in the suite: accepted true or false"),
 ])
 def test_bad_throughput_section_is_one_line(tmp_path, section, message) -> None:
     path = throughput_suite(tmp_path / "s.yaml", "m", "pydoc", **section)
@@ -100,11 +101,39 @@ def test_vllm_loads_an_exported_tiny_model(tmp_path, tokens) -> None:
     model = tiny_llama(layers=2, hidden=128, heads=2)  # head_dim 64: the vLLM CPU attention accepts it
     report = compress(model, parse_recipe("rtn:w=8,a=8"), tokens, progress=False)
     folder = export(model, char_tokenizer(), report, tmp_path / "m", "bfloat16").folder
-    command = tp.worker_command(str(python), folder, tp.ThroughputSettings(prompt_len=8, output_len=4, num_prompts=2),
-                                seed=0, max_model_len=64) + ["--enforce-eager"]
+    settings = tp.ThroughputSettings(prompt_len=8, output_len=4, num_prompts=2, enforce_eager=True)
+    command = tp.worker_command(str(python), folder, settings, seed=0, max_model_len=64)
     done = subprocess.run(command, capture_output=True, text=True, env=tp.worker_env(str(python)), timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith(tp.RESULT_PREFIX))
     result = json.loads(line[len(tp.RESULT_PREFIX):])
     assert result["quantization"] == "compressed-tensors" and result["output_tokens"] == 8
     assert "CompressedTensorsW8A8Int8: CPUInt8ScaledMMLinearKernel" in tp.kernels(done.stdout + done.stderr)
+
+
+def test_leaderboard_throughput_table(tmp_path) -> None:
+    from pqqp_bench.leaderboard import build
+    from pqqp_bench.store import Measurement
+
+    from synthetic import fake_model
+
+    model = fake_model(tmp_path / "model")
+    suite = load_suite(throughput_suite(tmp_path / "s.yaml", model, "pydoc", recipes="['sleb:p=0.5', 'rtn:w=8,a=8']"))
+    store = Store(tmp_path / "r.sqlite")
+    bench = Bench(suite, store, progress=False, lookup_only=True)
+    served = {"sleb:p=0.5": (False, "dense weights (no low-bit kernel)", []),
+              "rtn:w=8,a=8": (True, "INT8 W8A8, compressed-tensors int-quantized",
+                              ["CompressedTensorsW8A8Int8: CPUInt8ScaledMMLinearKernel"])}
+    for case, tps in zip(suite.throughput_cases()[1:], (150.0, 120.0)):
+        low_bit, text, kernels = served[str(case.recipe)]
+        details = {"backend": "vllm", "version": "0.32.0", "low_bit": low_bit, "served_as": text, "kernels": kernels,
+                   "notes": ["float tensors cast from float32 to bfloat16 for serving"], "speedup": tps / 100.0}
+        store.put(Measurement(bench.throughput_key(model, case.recipe, "vllm"), tps, details, created="2026-01-01"))
+    first = [p.read_bytes() for p in build(bench, tmp_path / "a", "cmd")]
+    again = [p.read_bytes() for p in build(bench, tmp_path / "b", "cmd")]
+    assert first == again and not list((tmp_path / "a").glob("*.png"))  # deterministic; no grid, no plots
+    text = " ".join((tmp_path / "a" / "leaderboard.md").read_text().split())  # github tables pad their columns
+    assert "#### Generation throughput" in text
+    assert "| sleb:p=0.5 | missing | 150 | 1.50× | vllm 0.32.0 | dense: dense weights (no low-bit kernel) (unquantized linear)" in text
+    assert "low-bit: INT8 W8A8, compressed-tensors int-quantized (CompressedTensorsW8A8Int8: CPUInt8ScaledMMLinearKernel)" in text
+    assert "| dense | missing | missing | missing |" in text

@@ -57,6 +57,7 @@ class ThroughputSettings:
     output_len: int = 128
     num_prompts: int = 32
     dtype: str = "bfloat16"
+    enforce_eager: bool = False  # vLLM without graph compilation: a much faster engine start, slower steps
     timeout: float = 1800.0  # seconds one vLLM subprocess may take (engine start included)
 
     def __post_init__(self) -> None:
@@ -68,13 +69,15 @@ class ThroughputSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise PqqpError(f"throughput {name}={value!r} is not accepted: a positive integer")
+        if not isinstance(self.enforce_eager, bool):
+            raise PqqpError(f"throughput enforce_eager={self.enforce_eager!r} is not accepted: true or false")
         if not self.timeout > 0:
             raise PqqpError(f"throughput timeout={self.timeout!r} is not accepted: a positive number of seconds")
 
     def split(self, backend: str) -> str:
         """The store key's split: everything that changes the figure (the backend resolved, not `auto`)."""
         return (f"backend={backend},prompt_len={self.prompt_len},output_len={self.output_len},"
-                f"num_prompts={self.num_prompts},dtype={self.dtype}")
+                f"num_prompts={self.num_prompts},dtype={self.dtype}" + (",enforce_eager" if self.enforce_eager else ""))
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ def worker_command(python: str, folder: Path, settings: ThroughputSettings, seed
     command = [python, str(WORKER), "--model", str(folder), "--prompt-len", str(settings.prompt_len),
                "--output-len", str(settings.output_len), "--num-prompts", str(settings.num_prompts),
                "--seed", str(seed), "--dtype", settings.dtype]
+    command += ["--enforce-eager"] if settings.enforce_eager else []
     return command + (["--max-model-len", str(max_model_len)] if max_model_len else [])
 
 
