@@ -51,12 +51,14 @@ def vllm_bench(python: str, folder: Path, s, seed: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default=str(ROOT / "suites" / "throughput.yaml"))
-    for flag in ("prompt_len", "output_len", "num_prompts"):
-        parser.add_argument(f"--{flag.replace('_', '-')}", default=None)
+    for flag in ("prompt_len", "output_len", "num_prompts", "enforce_eager"):
+        parser.add_argument(f"--{flag.replace('_', '-')}", default=None, help="default: the suite's throughput section")
+    parser.add_argument("--seqlen", default=None, help="default: the suite's (windows of the ppl and of SLEB's search)")
     parser.add_argument("--vllm-venv", default=None, help="default $PQQP_VLLM_VENV or ~/.cache/pqqp-bench/venvs/vllm")
     args = parser.parse_args()
-    suite = load_suite(args.suite, throughput_backend="vllm", **{f"throughput_{k}": getattr(args, k)
-                                                                 for k in ("prompt_len", "output_len", "num_prompts")})
+    suite = load_suite(args.suite, seqlen=args.seqlen, throughput_backend="vllm",
+                       **{f"throughput_{k}": getattr(args, k)
+                          for k in ("prompt_len", "output_len", "num_prompts", "enforce_eager")})
     backend = resolve_backend("vllm", args.vllm_venv)
     model, seed, s = suite.models[0], suite.seeds[0], suite.throughput.settings
     with tempfile.TemporaryDirectory(prefix="pqqp-vllm-bench-") as tmp:
@@ -71,11 +73,12 @@ def main() -> int:
         rows = []
         for case in suite.throughput_cases():
             start = time.perf_counter()
-            quality, m = bench.measure(case.model, case.recipe), bench.throughput(case.model, case.recipe)
+            quality, m = bench.throughput_case(case.model, case.recipe)
             rows.append((case.recipe, quality.value, m, time.perf_counter() - start))
             print(f"  {case.recipe}: {m.value:.1f} tokens/s ({rows[-1][3]:.0f} s)", flush=True)
     ours = rows[0][2].value
-    print(f"\n{model}, {s.num_prompts} prompts x ({s.prompt_len} in + {s.output_len} out), {s.dtype}, vLLM "
+    print(f"\n{model}, {s.num_prompts} prompts x ({s.prompt_len} in + {s.output_len} out), {s.dtype}"
+          f"{', enforce_eager' if s.enforce_eager else ''}, ppl windows of {suite.seqlen} tokens, vLLM "
           f"{rows[0][2].details['version']} ({backend.reason})")
     print(f"dense: harness {ours:.1f} tokens/s, vllm bench throughput {theirs:.1f} tokens/s, "
           f"ratio {ours / theirs:.3f} (target 0.95 .. 1.05)\n")

@@ -107,11 +107,9 @@ def command_suite(args: argparse.Namespace) -> int:
         run_throughput(bench)
         print("\n" + full_report(Bench(suite, store, lookup_only=True, cache_dir=args.cache_dir)))
         if suite.throughput:
-            from .leaderboard import collect, throughput_table
+            from .leaderboard import throughput_report
 
-            looked_up = Bench(suite, store, lookup_only=True, cache_dir=args.cache_dir)
-            for model in suite.models:
-                print("\n" + throughput_table(collect(looked_up, model), suite).markdown())
+            print("\n" + throughput_report(Bench(suite, store, lookup_only=True, cache_dir=args.cache_dir)))
         if args.json:
             count = store.export_json(args.json)
             print(f"\n{count} stored measurements written to {args.json}")
@@ -124,7 +122,7 @@ def run_throughput(bench: "Bench") -> None:
     if cases:
         print(f"throughput: {len(cases)} cases, backend {bench.backend.name} ({bench.backend.reason})", flush=True)
     for index, case in enumerate(cases, 1):
-        quality, m = bench.measure(case.model, case.recipe), bench.throughput(case.model, case.recipe)
+        quality, m = bench.throughput_case(case.model, case.recipe)
         print(f"[{index}/{len(cases)}] {case.model}  {case.recipe}  {bench.suite.metric} {quality.value:.4f}  "
               f"{m.value:.1f} tokens/s  x{m.details['speedup']:.2f}  {m.details['served_as']}", flush=True)
 

@@ -349,6 +349,13 @@ def throughput_table(board: ModelBoard, suite: Suite) -> Table:
                  f"unstructured or N:M sparsity runs dense; removing blocks (SLEB) gives a smaller dense model.")
 
 
+def throughput_report(bench: Bench) -> str:
+    """The throughput table of every model of a (lookup-only) bench, for terminal summaries; empty without one."""
+    if bench.suite.throughput is None:
+        return ""
+    return "\n\n".join(throughput_table(collect(bench, model), bench.suite).markdown() for model in bench.suite.models)
+
+
 def model_tables(board: ModelBoard, suite: Suite) -> list[Table]:
     tables = [dense_table(board)]
     if has_grid(suite):

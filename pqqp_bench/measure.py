@@ -26,8 +26,13 @@ from .suite import Case, HypothesisSpec, PointSpec, Suite
 from .spec import Recipe, parse_recipe
 
 if TYPE_CHECKING:
+    import torch
+
+    from .compress import CompressionReport
     from .evaluate.throughput import Backend
     from .experiment import Experiment
+
+    Compressed = tuple[torch.nn.Module, CompressionReport, float]  # Experiment.compressed's model, report, seconds
 
 METRIC = "ppl"  # the default metric: token-level perplexity (`lm-eval:<task>/<metric>` selects an lm-eval task)
 THROUGHPUT = "throughput"  # generation tokens/s (the suite's `throughput` section; evaluate/throughput.py)
@@ -144,7 +149,8 @@ class Bench:
                 raise PqqpError(f"model {model!r} changed while loading (fingerprint differs): run again")
         return self.experiments[model]
 
-    def compute(self, model: str, recipe: Recipe, seed: int) -> tuple[float, dict]:
+    def compute(self, model: str, recipe: Recipe, seed: int, compressed: "Compressed | None" = None
+                ) -> tuple[float, dict]:
         from .blocks import block_linears, decoder_blocks
 
         experiment = self.experiment(model)
@@ -153,15 +159,16 @@ class Bench:
         tolerance = 0.5 / narrowest + (0.5 / len(dense) if any(s.scope == "model" and s.kind == "prune"
                                                                 for s in recipe.stages) else 0.0)
         if self.suite.metric == METRIC:
-            value, evaluated, seconds = self.perplexity(experiment, recipe, seed)
+            value, evaluated, seconds = self.perplexity(experiment, recipe, seed, compressed)
         else:
-            value, evaluated, seconds = self.lm_eval_task(experiment, recipe, seed)
+            value, evaluated, seconds = self.lm_eval_task(experiment, recipe, seed, compressed)
         return value, {"order": recipe.order, **evaluated, "sparsity_tolerance": tolerance, "seconds": seconds,
                        "device": experiment.device}
 
     @staticmethod
-    def perplexity(experiment: "Experiment", recipe: Recipe, seed: int) -> tuple[float, dict, dict]:
-        case = experiment.run(recipe, seed=seed)
+    def perplexity(experiment: "Experiment", recipe: Recipe, seed: int, compressed: "Compressed | None" = None
+                   ) -> tuple[float, dict, dict]:
+        case = experiment.run(recipe, seed=seed, compressed=compressed)
         p = case.perplexity
         return p.ppl, {
             "requested": case.report.requested, "achieved": case.report.achieved(), "structure": case.report.structure,
@@ -169,7 +176,8 @@ class Bench:
             "convention": p.convention,
         }, case.seconds
 
-    def lm_eval_task(self, experiment: "Experiment", recipe: Recipe, seed: int) -> tuple[float, dict, dict]:
+    def lm_eval_task(self, experiment: "Experiment", recipe: Recipe, seed: int, compressed: "Compressed | None" = None
+                     ) -> tuple[float, dict, dict]:
         """The suite's lm-eval metric of the compressed model (`evaluate/lmeval.py`), with per-document samples."""
         from .evaluate.lmeval import evaluate_task, require_lm_eval, task_manager
 
@@ -177,7 +185,7 @@ class Bench:
         require_lm_eval()
         if s.corpus not in self.task_managers:
             self.task_managers[s.corpus] = task_manager(s.corpus, s.holdout)
-        model, report, compress_seconds = experiment.compressed(recipe, seed)
+        model, report, compress_seconds = compressed or experiment.compressed(recipe, seed)
         result = evaluate_task(model, experiment.loaded.tokenizer, s.metric, seqlen=s.seqlen, corpus=s.corpus,
                                holdout=s.holdout, batch_size=s.batch_size, limit=s.lm_eval_limit,
                                manager=self.task_managers[s.corpus])
@@ -206,21 +214,38 @@ class Bench:
     def throughput(self, model: str, recipe: Recipe | str) -> Measurement:
         """The stored tokens/s of `recipe` on `model` (the dense model's first: the speed-up divides by it),
         measured and stored first where missing. A failure stores nothing and keeps what was stored."""
+        return self.throughput_case(model, recipe, quality=False)[1]
+
+    def throughput_case(self, model: str, recipe: Recipe | str, quality: bool = True
+                        ) -> tuple[Measurement | None, Measurement]:
+        """The suite metric (with `quality`) and the tokens/s of `recipe`, each stored or measured; where both are
+        missing, one compression serves both (SLEB's search, GPTQ's sweeps run once)."""
         recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
         dense = None if not recipe.stages else self.throughput(model, Recipe(()))
-        return self.stored_or_computed(self.throughput_key(model, recipe),
-                                       lambda: self.compute_throughput(model, recipe, dense))
+        seed, shared = self.suite.seeds[0], []
 
-    def compute_throughput(self, model: str, recipe: Recipe, dense: Measurement | None) -> tuple[float, dict]:
+        def compressed() -> "Compressed":
+            if not shared:
+                shared.append(self.experiment(model).compressed(recipe, seed))
+            return shared[0]
+
+        metric = self.stored_or_computed(self.key(model, recipe, seed),
+                                         lambda: self.compute(model, recipe, seed, compressed())) if quality else None
+        speed = self.stored_or_computed(self.throughput_key(model, recipe),
+                                        lambda: self.compute_throughput(model, recipe, dense, compressed()))
+        return metric, speed
+
+    def compute_throughput(self, model: str, recipe: Recipe, dense: Measurement | None, shared: "Compressed"
+                           ) -> tuple[float, dict]:
         import tempfile
 
         from .evaluate.throughput import run_transformers, run_vllm
         from .export import export
 
-        spec, backend, seed = self.suite.throughput, self.backend, self.suite.seeds[0]
+        spec, backend = self.suite.throughput, self.backend
         assert spec is not None
-        experiment = self.experiment(model)
-        compressed, report, compress_seconds = experiment.compressed(recipe, seed)
+        experiment, seed = self.experiment(model), self.suite.seeds[0]
+        compressed, report, compress_seconds = shared
         served: dict[str, Any]
         if backend.name == "vllm":
             assert backend.python is not None
@@ -233,7 +258,6 @@ class Bench:
             result = run_transformers(compressed, experiment.loaded.tokenizer, spec.settings, seed, experiment.device)
             served = {"format": "transformers", "low_bit": False, "served_as": "the harness's model (fake quantization)",
                       "notes": [f"transformers backend: {backend.reason}"]}
-        del compressed
         value = result["tokens_per_s"]
         dense_value = value if dense is None else dense.value
         return value, {

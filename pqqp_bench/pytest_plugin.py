@@ -254,10 +254,12 @@ def summary(terminalreporter, config: pytest.Config) -> None:
     from .report import full_report
     from .store import Store
 
+    from .leaderboard import throughput_report
+
     try:
         with Store(path) as store:
-            text = full_report(Bench(suite_of(config), store, lookup_only=True,
-                                     cache_dir=config.getoption("pqqp_cache_dir")))
+            bench = Bench(suite_of(config), store, lookup_only=True, cache_dir=config.getoption("pqqp_cache_dir"))
+            text = "\n\n".join(part for part in (full_report(bench), throughput_report(bench)) if part)
     except Exception as exc:  # a summary must never hide the test outcome
         terminalreporter.write_line(f"pqqp: no summary: {type(exc).__name__}: {exc}")
         return

@@ -74,9 +74,8 @@ def test_throughput(pqqp_bench, pqqp_throughput, benchmark) -> None:
         backend = pqqp_bench.backend
     except PqqpError as exc:  # backend: vllm, and no vLLM here
         pytest.skip(str(exc))
-    quality = pqqp_bench.measure(pqqp_throughput.model, pqqp_throughput.recipe)
-    m = benchmark.pedantic(pqqp_bench.throughput, args=(pqqp_throughput.model, pqqp_throughput.recipe),
-                           rounds=1, iterations=1)
+    quality, m = benchmark.pedantic(pqqp_bench.throughput_case, args=(pqqp_throughput.model, pqqp_throughput.recipe),
+                                    rounds=1, iterations=1)
     d = m.details
     benchmark.extra_info.update({
         "tokens_per_s": m.value, "speedup": d["speedup"], "dense_tokens_per_s": d["dense_tokens_per_s"],

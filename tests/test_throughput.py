@@ -83,11 +83,21 @@ def test_transformers_fallback_is_stored_once_and_resumed(tmp_path, model_dir, t
         raise AssertionError("a stored throughput was measured again")
 
     monkeypatch.setattr(tp, "run_transformers", fail)
+    monkeypatch.setattr(tp.importlib.util, "find_spec", lambda name: None)
     again = Bench(suite, store, progress=False).throughput(str(model_dir), "sleb:p=0.5")
     assert again.value == m.value and len(store) == 2
     with pytest.raises(AssertionError, match="measured again"):
         Bench(suite, store, progress=False, refresh=True).throughput(str(model_dir), "sleb:p=0.5")
     assert store.get(m.key).value == m.value  # a failed re-measurement keeps what was stored
+    monkeypatch.undo()
+
+    from pqqp_bench.experiment import Experiment
+
+    calls, compressed = [], Experiment.compressed
+    monkeypatch.setattr(Experiment, "compressed", lambda self, *a: calls.append(a) or compressed(self, *a))
+    quality, speed = Bench(suite, store, progress=False).throughput_case(str(model_dir), "magnitude:p=0.5")
+    assert len(calls) == 1 and quality.key.metric == "ppl" and speed.key.metric == "throughput"  # one compression
+    assert len(store) == 4
 
 
 def test_vllm_loads_an_exported_tiny_model(tmp_path, tokens) -> None:
