@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 SUITE_KEYS = ("corpus", "seqlen", "calib_samples", "eval_tokens", "holdout", "batch_size", "device")
 GRID_FLAGS = ("pruners", "quantizers", "ratios", "bits", "orders", "curve_bits", "seeds", "max_ppl_ratio", "metric",
-              "lm_eval_limit")
+              "lm_eval_limit", "throughput_recipes", "throughput_backend", "throughput_prompt_len",
+              "throughput_output_len", "throughput_num_prompts", "throughput_dtype", "throughput_enforce_eager")
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +94,7 @@ def command_suite(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite, **overrides, **{k: getattr(args, k) for k in GRID_FLAGS if getattr(args, k) is not None})
     with Store(args.store) as store:
         bench = Bench(suite, store, refresh=args.refresh, progress=not args.no_progress, cache_dir=args.cache_dir,
-                      trust_remote_code=args.trust_remote_code)
+                      trust_remote_code=args.trust_remote_code, vllm_venv=args.vllm_venv)
         cases = suite.cases()
         print(f"suite {suite.name} ({suite.source}): {len(cases)} cases x {len(suite.seeds)} seed(s); store {args.store}",
               flush=True)
@@ -103,11 +104,27 @@ def command_suite(args: argparse.Namespace) -> int:
                 took = m.details["seconds"]
                 bar.write(f"[{index}/{len(cases)}] {case.model}  {case.recipe}  {suite.metric} {m.value:.4f}  "
                           f"(compress {took.get('compress', 0):.1f} s, evaluate {took.get('evaluate', 0):.1f} s)")
+        run_throughput(bench)
         print("\n" + full_report(Bench(suite, store, lookup_only=True, cache_dir=args.cache_dir)))
+        if suite.throughput:
+            from .leaderboard import throughput_report
+
+            print("\n" + throughput_report(Bench(suite, store, lookup_only=True, cache_dir=args.cache_dir)))
         if args.json:
             count = store.export_json(args.json)
             print(f"\n{count} stored measurements written to {args.json}")
     return 0
+
+
+def run_throughput(bench: "Bench") -> None:
+    """The suite's throughput section: each recipe's metric and tokens/s (dense first), through the store."""
+    cases = bench.suite.throughput_cases()
+    if cases:
+        print(f"throughput: {len(cases)} cases, backend {bench.backend.name} ({bench.backend.reason})", flush=True)
+    for index, case in enumerate(cases, 1):
+        quality, m = bench.throughput_case(case.model, case.recipe)
+        print(f"[{index}/{len(cases)}] {case.model}  {case.recipe}  {bench.suite.metric} {quality.value:.4f}  "
+              f"{m.value:.1f} tokens/s  x{m.details['speedup']:.2f}  {m.details['served_as']}", flush=True)
 
 
 def existing_store(path: str) -> str:
@@ -248,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--refresh", action="store_true", help="with --suite: recompute stored measurements")
     for flag in GRID_FLAGS:
         run.add_argument(f"--{flag.replace('_', '-')}", default=None, help=f"with --suite: override the suite's {flag}")
+    run.add_argument("--vllm-venv", default=None,
+                     help="with --suite: the venv with vLLM for throughput (default $PQQP_VLLM_VENV or ~/.cache/pqqp-bench/venvs/vllm)")
     run.add_argument("--both-orders", action="store_true", help="also run each multi-stage recipe in reverse order")
     run.add_argument("--dense", action="store_true", help="also measure the dense model")
     run.add_argument("--json", help="write every result to this JSON file")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
 
 import torch
@@ -26,6 +26,7 @@ from transformers import PreTrainedModel
 from .blocks import block_attention, block_call_kwargs, block_linears, capture_block_inputs, decoder_blocks, move_outside_blocks, run_block
 from .errors import PqqpError
 from .methods import B_ORIG, LayerWork, Method
+from .methods.quantize import WeightGrid
 from .spec import Recipe
 
 
@@ -46,7 +47,9 @@ class CompressionReport:
     """What a recipe asked for next to what it achieved, per Linear and in total, with timings.
 
     `dense_numel` counts the decoder Linear weights before compression, so removed blocks (SLEB) count as
-    pruned; `structure` holds what model-scope stages recorded (removed blocks, rotations).
+    pruned; `structure` holds what model-scope stages recorded (removed blocks, rotations). `grids` holds the
+    weight grid each quantized Linear ended on (by the `LinearRecord` name, `blocks.<i>.<linear>`): what an
+    export to integer formats needs to write the very weights that were evaluated. It is not part of `as_dict`.
     """
 
     recipe: str
@@ -56,6 +59,7 @@ class CompressionReport:
     kv_bits: list[int | None] = field(default_factory=list)
     structure: list[dict] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    grids: dict[str, WeightGrid] = field(default_factory=dict, repr=False)
 
     def achieved(self) -> dict[str, float | None]:
         present = sum(r.numel for r in self.linears) or 1
@@ -79,7 +83,8 @@ class CompressionReport:
         }
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "achieved": self.achieved()}
+        fields = {k: v for k, v in asdict(replace(self, grids={})).items() if k != "grids"}
+        return {**fields, "achieved": self.achieved()}
 
 
 def bits_label(achieved: dict) -> str:
@@ -239,5 +244,6 @@ def compress(
     for index, block in enumerate(decoder_blocks(model)):
         work = block_work(block, index, works, seed)
         report.linears += record(work, f"blocks.{index}")
+        report.grids.update({f"blocks.{index}.{name}": grid for name, grid in work.grids.items()})
         report.kv_bits.append(work.kv_bits)
     return report

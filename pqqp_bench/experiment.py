@@ -128,10 +128,12 @@ class Experiment:
                           progress=self.settings.progress)
         return model, report, time.perf_counter() - start
 
-    def run(self, recipe: Recipe | str, seed: int | None = None) -> CaseResult:
-        """Compress a fresh copy of the dense model with `recipe` and measure its perplexity."""
+    def run(self, recipe: Recipe | str, seed: int | None = None,
+            compressed: tuple[torch.nn.Module, CompressionReport, float] | None = None) -> CaseResult:
+        """Compress a fresh copy of the dense model with `recipe` and measure its perplexity (`compressed`: what
+        `self.compressed(recipe, seed)` returned already, when another measurement shares it)."""
         recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
-        model, report, compress_seconds = self.compressed(recipe, seed)
+        model, report, compress_seconds = compressed or self.compressed(recipe, seed)
         ppl = perplexity(model, self.windows, batch_size=self.settings.batch_size, progress=self.settings.progress)
         del model
         return CaseResult(

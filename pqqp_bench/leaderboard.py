@@ -118,6 +118,7 @@ class ModelBoard:
     quantized: tuple[Single, ...]
     joints: tuple[Joint, ...]
     verdicts: tuple[tuple[HypothesisSpec, Verdict | None], ...]
+    speeds: tuple["Speed", ...] = ()
 
     @property
     def slug(self) -> str:
@@ -126,7 +127,24 @@ class ModelBoard:
     def measurements(self) -> list[Measurement]:
         singles = [m for s in (*self.pruned, *self.quantized) for m in s.measured]
         joints = [m for j in self.joints for _, ms in j.measured for m in ms]
-        return [*self.dense, *singles, *joints]
+        speeds = [m for v in self.speeds for m in (v.throughput, *(v.quality if v.recipe.stages else ()))
+                  if m is not None]  # the dense model's quality is `dense` already
+        return [*self.dense, *singles, *joints, *speeds]
+
+
+@dataclass(frozen=True)
+class Speed:
+    """One recipe of the throughput section: its stored tokens/s (either backend) and its stored metric."""
+
+    recipe: Recipe
+    throughput: Measurement | None
+    quality: tuple[Measurement, ...]
+
+
+def stored_speed(bench: Bench, model: str, recipe: Recipe) -> Measurement | None:
+    """The stored throughput row of the section's settings: vLLM's where there is one, else transformers'."""
+    found = (bench.store.get(bench.throughput_key(model, recipe, backend)) for backend in ("vllm", "transformers"))
+    return next((m for m in found if m is not None), None)
 
 
 def slug(model: str) -> str:
@@ -161,7 +179,9 @@ def collect(bench: Bench, model: str) -> ModelBoard:
               lookup(lambda spec: bench.point(spec)[0], pt) if set(ORDERS) <= set(s.orders) else None)
         for pt in s.points() if pt.model == model)
     verdicts = tuple((h, lookup(verdict, bench, h)) for h in s.hypotheses() if h.model == model)
-    return ModelBoard(model, stored(bench, model, Recipe(())), pruned, quantized, joints, verdicts)
+    speeds = tuple(Speed(c.recipe, stored_speed(bench, model, c.recipe), stored(bench, model, c.recipe))
+                   for c in (s.throughput.cases(model) if s.throughput else ()))
+    return ModelBoard(model, stored(bench, model, Recipe(())), pruned, quantized, joints, verdicts, speeds)
 
 
 def collect_all(bench: Bench) -> list[ModelBoard]:
@@ -297,9 +317,60 @@ def ranking_table(boards: list[ModelBoard]) -> Table:
                  "lowest perplexity within its group (orders are compared only at equal achieved ratios).")
 
 
+def served_text(m: Measurement) -> str:
+    """How the row was served: vLLM's format and kernels, or the transformers fallback."""
+    d = m.details
+    if d["backend"] != "vllm":
+        return "transformers fallback: the harness's fake-quantized model, no low-bit kernels"
+    kernels = "; ".join(d["kernels"]) or "unquantized linear"
+    return f"{'low-bit' if d['low_bit'] else 'dense'}: {d['served_as']} ({kernels})"
+
+
+def throughput_table(board: ModelBoard, suite: Suite) -> Table:
+    t = suite.throughput
+    assert t is not None
+    rows = []
+    for v in board.speeds:
+        m = v.throughput
+        quality = spread(list(v.quality)).text()
+        if m is None:
+            rows.append((compact(str(v.recipe)), quality, MISSING, MISSING, "", "", ""))
+            continue
+        d = m.details
+        rows.append((compact(str(v.recipe)), quality, number(m.value, 4), f"{d['speedup']:.2f}×",
+                     f"{d['backend']} {d['version']}", served_text(m), "; ".join(d["notes"])))
+    s = t.settings
+    return Table("Generation throughput", ("recipe", "ppl", "tokens/s", "speed-up vs dense", "backend",
+                                           "served as (kernels vLLM reported)", "differs from the evaluated model"),
+                 tuple(rows),
+                 f"Like `vllm bench throughput`: {s.num_prompts} random prompts of {s.prompt_len} tokens, {s.output_len} "
+                 f"generated tokens each (ignore_eos), one offline batch, {s.dtype}; tokens/s counts prompt and output "
+                 f"tokens. Speed-up: over the dense row of the same store and settings. vLLM has no sparse kernels, so "
+                 f"unstructured or N:M sparsity runs dense; removing blocks (SLEB) gives a smaller dense model.")
+
+
+def throughput_report(bench: Bench) -> str:
+    """The throughput table of every model of a (lookup-only) bench, for terminal summaries; empty without one."""
+    if bench.suite.throughput is None:
+        return ""
+    return "\n\n".join(throughput_table(collect(bench, model), bench.suite).markdown() for model in bench.suite.models)
+
+
 def model_tables(board: ModelBoard, suite: Suite) -> list[Table]:
-    return [dense_table(board), quantized_table(board), pruned_table(board, suite.quantizers), joint_table(board),
-            verdict_table(board, suite.noise_sigmas)]
+    tables = [dense_table(board)]
+    if has_grid(suite):
+        tables += [quantized_table(board), pruned_table(board, suite.quantizers), joint_table(board),
+                   verdict_table(board, suite.noise_sigmas)]
+    return tables + ([throughput_table(board, suite)] if suite.throughput else [])
+
+
+def has_grid(suite: Suite) -> bool:
+    """Whether the suite has a compression-order grid (a throughput-only suite has none, and no plots)."""
+    return bool(suite.pruners and suite.quantizers and suite.ratios and suite.bits)
+
+
+def plots(suite: Suite) -> tuple:
+    return PLOTS if has_grid(suite) else ()
 
 
 # -------------------------------------------------------------------------------------------------- plots
@@ -416,6 +487,8 @@ def provenance(command: str, bench: Bench, boards: list[ModelBoard]) -> Provenan
     """The command, and a digest of the stored rows shown (their keys' digests and values, sorted)."""
     rows = sorted((m.key.digest(), repr(m.value)) for board in boards for m in board.measurements())
     expected = sum(len(bench.seeds_for(case.recipe)) for case in bench.suite.cases())
+    speeds = bench.suite.throughput_cases()  # a tokens/s row each, and the metric of those not in the grid
+    expected += len(speeds) + sum(len(bench.seeds_for(c.recipe)) for c in speeds if c.recipe.stages)
     digest = hashlib.sha256("\n".join(f"{d} {v}" for d, v in rows).encode()).hexdigest()[:16]
     return Provenance(command, bench.suite, len(rows), expected, digest)
 
@@ -425,12 +498,12 @@ def image_name(kind: str, board: ModelBoard) -> str:
 
 
 def markdown(boards: list[ModelBoard], suite: Suite, *, images: bool) -> str:
-    parts = [convention(suite), ranking_table(boards).markdown()]
+    parts = [convention(suite), *([ranking_table(boards).markdown()] if has_grid(suite) else [])]
     for board in boards:
         parts.append(f"### {board.model}")
         parts += [t.markdown() for t in model_tables(board, suite)]
         if images:
-            parts += [f"![{text}]({image_name(kind, board)})" for kind, _, text in PLOTS]
+            parts += [f"![{text}]({image_name(kind, board)})" for kind, _, text in plots(suite)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -441,7 +514,7 @@ def index(boards: list[ModelBoard], source: Provenance) -> str:
             f"measurements (content digest `{source.digest}`) with\n\n```bash\n{source.command}\n```\n\n"
             "Files: [leaderboard.md](leaderboard.md) (tables), [leaderboard.html](leaderboard.html) (tables and "
             "plots), "
-            + ", ".join(f"[{image_name(kind, b)}]({image_name(kind, b)})" for b in boards for kind, _, _ in PLOTS)
+            + ", ".join(f"[{image_name(kind, b)}]({image_name(kind, b)})" for b in boards for kind, _, _ in plots(s))
             + ". Missing measurements are shown as `missing`; nothing is computed while building.\n\n## Tables\n\n")
     return head + markdown(boards, s, images=True)
 
@@ -457,13 +530,13 @@ def html_page(boards: list[ModelBoard], source: Provenance) -> str:
             f"<p>{html.escape(s.description)}</p>",
             f"<p>pqqp-bench {__version__}; {source.measurements} of {source.expected} expected measurements "
             f"(digest {source.digest}); built with <code>{html.escape(source.command)}</code></p>",
-            f'<p class="note">{html.escape(convention(s))}</p>', ranking_table(boards).html()]
+            f'<p class="note">{html.escape(convention(s))}</p>', *([ranking_table(boards).html()] if has_grid(s) else [])]
     for board in boards:
         body.append(f'<section id="{board.slug}">\n<h2>{html.escape(board.model)}</h2>')
         body += [t.html() for t in model_tables(board, s)]
         width, height = figure_pixels(len(s.pruners), len(s.quantizers))
         body += [f'<img src="{image_name(kind, board)}" alt="{html.escape(text)}" width="{width}" height="{height}">'
-                 for kind, _, text in PLOTS]
+                 for kind, _, text in plots(s)]
         body.append("</section>")
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f"<title>pqqp-bench leaderboard: {html.escape(s.name)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
@@ -485,7 +558,7 @@ def build(bench: Bench, out: Path, command: str) -> list[Path]:
         (out / name).write_text(text, encoding="utf-8")
         written.append(out / name)
     for board in boards:
-        for kind, plot, _ in PLOTS:
+        for kind, plot, _ in plots(bench.suite):
             plot(board, bench.suite, out / image_name(kind, board))
             written.append(out / image_name(kind, board))
     return written

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import __version__
 from .errors import PqqpError
@@ -26,9 +26,16 @@ from .suite import Case, HypothesisSpec, PointSpec, Suite
 from .spec import Recipe, parse_recipe
 
 if TYPE_CHECKING:
+    import torch
+
+    from .compress import CompressionReport
+    from .evaluate.throughput import Backend
     from .experiment import Experiment
 
+    Compressed = tuple[torch.nn.Module, CompressionReport, float]  # Experiment.compressed's model, report, seconds
+
 METRIC = "ppl"  # the default metric: token-level perplexity (`lm-eval:<task>/<metric>` selects an lm-eval task)
+THROUGHPUT = "throughput"  # generation tokens/s (the suite's `throughput` section; evaluate/throughput.py)
 
 
 class Missing(LookupError):
@@ -63,6 +70,7 @@ class Bench:
     experiments: dict[str, Any] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
     task_managers: dict[str, Any] = field(default_factory=dict)  # lm-eval's, built once per bench
+    vllm_venv: str | None = None  # where vLLM lives when this environment has none (evaluate/throughput.py)
 
     # --- identity ----------------------------------------------------------------------------------------
 
@@ -89,13 +97,14 @@ class Bench:
             return f"holdout={s.holdout:g},seqlen={s.seqlen},tokens={s.eval_tokens}"
         return f"holdout={s.holdout:g},max_length={s.seqlen}" + (f",limit={s.lm_eval_limit}" if s.lm_eval_limit else "")
 
-    def key(self, model: str, recipe: Recipe, seed: int) -> MeasurementKey:
+    def key(self, model: str, recipe: Recipe, seed: int, metric: str | None = None, split: str | None = None
+            ) -> MeasurementKey:
         s = self.suite
         seeded = uses_seed(recipe)
         return MeasurementKey(
             model=model, model_hash=self.fingerprint(model), corpus=self.corpus_id,
-            split=self.split(), recipe=str(recipe),
-            recipe_key=recipe.key, metric=s.metric, seed=seed if seeded else -1,
+            split=split or self.split(), recipe=str(recipe),
+            recipe_key=recipe.key, metric=metric or s.metric, seed=seed if seeded else -1,
             calibration=f"samples={s.calib_samples},seqlen={s.seqlen}" if seeded else "",
             harness_version=__version__,
         )
@@ -106,7 +115,11 @@ class Bench:
         """The stored measurement of `recipe` on `model`, computing and storing it first if it is missing."""
         recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
         seed = self.suite.seeds[0] if seed is None else seed
-        key = self.key(model, recipe, seed)
+        return self.stored_or_computed(self.key(model, recipe, seed), lambda: self.compute(model, recipe, seed))
+
+    def stored_or_computed(self, key: MeasurementKey, compute: Callable[[], tuple[float, dict]]) -> Measurement:
+        """The stored measurement of `key`, or `compute()`'s, stored under the key's claim (once per process
+        with `refresh`)."""
         digest = key.digest()
         stale = self.refresh and digest not in self.computed
         if not stale:
@@ -114,12 +127,12 @@ class Bench:
             if found is not None:
                 return found
         if self.lookup_only:
-            raise Missing(f"{model}: {recipe} (seed {seed}) is not stored")
+            raise Missing(f"{key.model}: {key.recipe} ({key.metric}, seed {key.seed}) is not stored")
         with self.store.claim(key):
             found = None if stale else self.store.get(key)  # another worker may have stored it meanwhile
             if found is not None:
                 return found
-            measurement = Measurement(key, *self.compute(model, recipe, seed))
+            measurement = Measurement(key, *compute())
             self.store.put(measurement, replace=stale)
             self.computed.append(digest)
             return self.store.get(key) or measurement
@@ -136,7 +149,8 @@ class Bench:
                 raise PqqpError(f"model {model!r} changed while loading (fingerprint differs): run again")
         return self.experiments[model]
 
-    def compute(self, model: str, recipe: Recipe, seed: int) -> tuple[float, dict]:
+    def compute(self, model: str, recipe: Recipe, seed: int, compressed: "Compressed | None" = None
+                ) -> tuple[float, dict]:
         from .blocks import block_linears, decoder_blocks
 
         experiment = self.experiment(model)
@@ -145,15 +159,16 @@ class Bench:
         tolerance = 0.5 / narrowest + (0.5 / len(dense) if any(s.scope == "model" and s.kind == "prune"
                                                                 for s in recipe.stages) else 0.0)
         if self.suite.metric == METRIC:
-            value, evaluated, seconds = self.perplexity(experiment, recipe, seed)
+            value, evaluated, seconds = self.perplexity(experiment, recipe, seed, compressed)
         else:
-            value, evaluated, seconds = self.lm_eval_task(experiment, recipe, seed)
+            value, evaluated, seconds = self.lm_eval_task(experiment, recipe, seed, compressed)
         return value, {"order": recipe.order, **evaluated, "sparsity_tolerance": tolerance, "seconds": seconds,
                        "device": experiment.device}
 
     @staticmethod
-    def perplexity(experiment: "Experiment", recipe: Recipe, seed: int) -> tuple[float, dict, dict]:
-        case = experiment.run(recipe, seed=seed)
+    def perplexity(experiment: "Experiment", recipe: Recipe, seed: int, compressed: "Compressed | None" = None
+                   ) -> tuple[float, dict, dict]:
+        case = experiment.run(recipe, seed=seed, compressed=compressed)
         p = case.perplexity
         return p.ppl, {
             "requested": case.report.requested, "achieved": case.report.achieved(), "structure": case.report.structure,
@@ -161,7 +176,8 @@ class Bench:
             "convention": p.convention,
         }, case.seconds
 
-    def lm_eval_task(self, experiment: "Experiment", recipe: Recipe, seed: int) -> tuple[float, dict, dict]:
+    def lm_eval_task(self, experiment: "Experiment", recipe: Recipe, seed: int, compressed: "Compressed | None" = None
+                     ) -> tuple[float, dict, dict]:
         """The suite's lm-eval metric of the compressed model (`evaluate/lmeval.py`), with per-document samples."""
         from .evaluate.lmeval import evaluate_task, require_lm_eval, task_manager
 
@@ -169,7 +185,7 @@ class Bench:
         require_lm_eval()
         if s.corpus not in self.task_managers:
             self.task_managers[s.corpus] = task_manager(s.corpus, s.holdout)
-        model, report, compress_seconds = experiment.compressed(recipe, seed)
+        model, report, compress_seconds = compressed or experiment.compressed(recipe, seed)
         result = evaluate_task(model, experiment.loaded.tokenizer, s.metric, seqlen=s.seqlen, corpus=s.corpus,
                                holdout=s.holdout, batch_size=s.batch_size, limit=s.lm_eval_limit,
                                manager=self.task_managers[s.corpus])
@@ -178,6 +194,78 @@ class Bench:
             "samples": result.samples, "documents": len(result.samples), "lm_eval_stderr": result.stderr,
             "max_length": result.max_length, "convention": result.convention,
         }, {"compress": compress_seconds, "evaluate": result.seconds}
+
+    # --- throughput ------------------------------------------------------------------------------------
+
+    @cached_property
+    def backend(self) -> "Backend":
+        """The throughput backend of this bench (the section's, `auto` resolved once: vLLM where found)."""
+        from .evaluate.throughput import resolve_backend
+
+        if self.suite.throughput is None:
+            raise PqqpError(f"suite '{self.suite.name}' has no throughput section: add one (see suites/throughput.yaml)")
+        return resolve_backend(self.suite.throughput.settings.backend, self.vllm_venv)
+
+    def throughput_key(self, model: str, recipe: Recipe, backend: str | None = None) -> MeasurementKey:
+        assert self.suite.throughput is not None
+        split = self.suite.throughput.settings.split(backend or self.backend.name)
+        return self.key(model, recipe, self.suite.seeds[0], metric=THROUGHPUT, split=split)
+
+    def throughput(self, model: str, recipe: Recipe | str) -> Measurement:
+        """The stored tokens/s of `recipe` on `model` (the dense model's first: the speed-up divides by it),
+        measured and stored first where missing. A failure stores nothing and keeps what was stored."""
+        return self.throughput_case(model, recipe, quality=False)[1]
+
+    def throughput_case(self, model: str, recipe: Recipe | str, quality: bool = True
+                        ) -> tuple[Measurement | None, Measurement]:
+        """The suite metric (with `quality`) and the tokens/s of `recipe`, each stored or measured; where both are
+        missing, one compression serves both (SLEB's search, GPTQ's sweeps run once)."""
+        recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
+        dense = None if not recipe.stages else self.throughput(model, Recipe(()))
+        seed, shared = self.suite.seeds[0], []
+
+        def compressed() -> "Compressed":
+            if not shared:
+                shared.append(self.experiment(model).compressed(recipe, seed))
+            return shared[0]
+
+        metric = self.stored_or_computed(self.key(model, recipe, seed),
+                                         lambda: self.compute(model, recipe, seed, compressed())) if quality else None
+        speed = self.stored_or_computed(self.throughput_key(model, recipe),
+                                        lambda: self.compute_throughput(model, recipe, dense, compressed()))
+        return metric, speed
+
+    def compute_throughput(self, model: str, recipe: Recipe, dense: Measurement | None, shared: "Compressed"
+                           ) -> tuple[float, dict]:
+        import tempfile
+
+        from .evaluate.throughput import run_transformers, run_vllm
+        from .export import export
+
+        spec, backend = self.suite.throughput, self.backend
+        assert spec is not None
+        experiment, seed = self.experiment(model), self.suite.seeds[0]
+        compressed, report, compress_seconds = shared
+        served: dict[str, Any]
+        if backend.name == "vllm":
+            assert backend.python is not None
+            with tempfile.TemporaryDirectory(prefix="pqqp-export-") as tmp:
+                exported = export(compressed, experiment.loaded.tokenizer, report, Path(tmp) / "model",
+                                  spec.settings.dtype)
+                result = run_vllm(exported.folder, spec.settings, backend.python, seed)
+            served = exported.as_dict()
+        else:
+            result = run_transformers(compressed, experiment.loaded.tokenizer, spec.settings, seed, experiment.device)
+            served = {"format": "transformers", "low_bit": False, "served_as": "the harness's model (fake quantization)",
+                      "notes": [f"transformers backend: {backend.reason}"]}
+        value = result["tokens_per_s"]
+        dense_value = value if dense is None else dense.value
+        return value, {
+            "order": recipe.order, **result, **served, "backend_reason": backend.reason,
+            "requested": report.requested, "achieved": report.achieved(), "structure": report.structure,
+            "dense_tokens_per_s": dense_value, "dense_created": dense.created if dense else "",
+            "speedup": value / dense_value, "seconds": {"compress": compress_seconds, "measure": result["elapsed"]},
+        }
 
     def measure_case(self, case: Case) -> list[Measurement]:
         """A case under every seed that can change it (one measurement where none can)."""

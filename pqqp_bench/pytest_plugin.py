@@ -7,7 +7,9 @@ parametrized over the grid with readable ids:
 * `pqqp_case`: one measurement (dense, a method alone, a joint recipe in one order), e.g.
   `smollm2-135m-sparsegpt:p=0.2-rtn:w=4,a=4,kv=4-Q>P`;
 * `pqqp_hypothesis`: Hypothesis 1 for one (model, pruner, quantizer, p), e.g. `smollm2-135m-wanda:p=0.3-rtn`;
-* `pqqp_interference`: Table 1 for one pruner (suites with `interference: true`).
+* `pqqp_interference`: Table 1 for one pruner (suites with `interference: true`);
+* `pqqp_throughput`: the generation tokens/s of one recipe (suites with a `throughput` section), e.g.
+  `smollm2-135m-sleb:p=0.2`; dense first, since every speed-up divides by it.
 
 Session fixtures: `pqqp_suite`, `pqqp_store` (the results store, `--pqqp-store`), `pqqp_bench` (measures
 through the store, so nothing is computed twice, across tests, sessions and xdist workers) and
@@ -57,6 +59,13 @@ GRID_OPTIONS = {
     "max_ppl_ratio": "practical regime: points with a ppl above this multiple of dense are reported, not tested",
     "noise_sigmas": "a monotonicity violation must exceed this many standard errors of the A difference",
     "bootstrap": "paired-bootstrap resamples for the noise of A",
+    "throughput_recipes": "throughput: recipes whose tokens/s is measured, e.g. 'sleb:p=0.2;rtn:w=8,a=8' (';'-separated)",
+    "throughput_backend": "throughput: vllm, transformers, or auto (vLLM where found)",
+    "throughput_prompt_len": "throughput: tokens per prompt",
+    "throughput_output_len": "throughput: tokens generated per prompt (ignore_eos)",
+    "throughput_num_prompts": "throughput: prompts in the offline batch",
+    "throughput_dtype": "throughput: bfloat16, float16, float32",
+    "throughput_enforce_eager": "throughput: true runs vLLM without graph compilation (faster start, slower steps)",
 }
 
 
@@ -72,6 +81,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--pqqp-refresh", action="store_true", default=False,
                     help="recompute (and replace) stored measurements instead of reusing them")
     group.addoption("--pqqp-cache-dir", default=None, help="where converted models are cached")
+    group.addoption("--pqqp-vllm-venv", default=None,
+                    help="the venv with vLLM for throughput tests (default: $PQQP_VLLM_VENV or ~/.cache/pqqp-bench/venvs/vllm)")
     group.addoption("--pqqp-trust-remote-code", action="store_true", default=False,
                     help="allow model code from the hub (off by default)")
     group.addoption("--pqqp-gate", default=None, metavar="BASELINE",
@@ -89,6 +100,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "pqqp: a test of the pqqp-bench compression-order grid")
     config.addinivalue_line("markers", "pqqp_case: one measurement of the grid (a recipe on a model)")
     config.addinivalue_line("markers", "pqqp_hypothesis: a hypothesis verdict over measured points")
+    config.addinivalue_line("markers", "pqqp_throughput: generation tokens/s of a recipe (the suite's throughput section)")
     config.addinivalue_line("markers", "slow: calibration-heavy (sparsegpt, gptq, sleb): minutes on a CPU")
     if config.getoption("pqqp_update_baseline") and not config.getoption("pqqp_gate"):
         raise pytest.UsageError("pqqp: --pqqp-update-baseline needs --pqqp-gate BASELINE: the file to write")
@@ -124,9 +136,14 @@ def marks_for(recipe) -> list:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = metafunc.fixturenames
-    if not any(n in names for n in ("pqqp_case", "pqqp_hypothesis", "pqqp_interference")):
+    if not any(n in names for n in ("pqqp_case", "pqqp_hypothesis", "pqqp_interference", "pqqp_throughput")):
         return
     suite = suite_of(metafunc.config)
+    if "pqqp_throughput" in names:
+        cases = [pytest.param(c, id=c.id, marks=[*marks_for(c.recipe), pytest.mark.pqqp_throughput])
+                 for c in suite.throughput_cases()]
+        metafunc.parametrize("pqqp_throughput", cases or [pytest.param(None, marks=pytest.mark.skip(
+            reason=f"suite '{suite.name}' has no throughput section"))])
     if "pqqp_case" in names:
         metafunc.parametrize("pqqp_case", [pytest.param(c, id=c.id, marks=[*marks_for(c.recipe), pytest.mark.pqqp_case])
                                            for c in suite.cases()])
@@ -171,7 +188,8 @@ def pqqp_bench(pytestconfig: pytest.Config, pqqp_suite: "Suite", pqqp_store: "St
 
     return Bench(pqqp_suite, pqqp_store, refresh=pytestconfig.getoption("pqqp_refresh"), progress=False,
                  cache_dir=pytestconfig.getoption("pqqp_cache_dir"),
-                 trust_remote_code=pytestconfig.getoption("pqqp_trust_remote_code"))
+                 trust_remote_code=pytestconfig.getoption("pqqp_trust_remote_code"),
+                 vllm_venv=pytestconfig.getoption("pqqp_vllm_venv"))
 
 
 @pytest.fixture(scope="session")
@@ -236,10 +254,12 @@ def summary(terminalreporter, config: pytest.Config) -> None:
     from .report import full_report
     from .store import Store
 
+    from .leaderboard import throughput_report
+
     try:
         with Store(path) as store:
-            text = full_report(Bench(suite_of(config), store, lookup_only=True,
-                                     cache_dir=config.getoption("pqqp_cache_dir")))
+            bench = Bench(suite_of(config), store, lookup_only=True, cache_dir=config.getoption("pqqp_cache_dir"))
+            text = "\n\n".join(part for part in (full_report(bench), throughput_report(bench)) if part)
     except Exception as exc:  # a summary must never hide the test outcome
         terminalreporter.write_line(f"pqqp: no summary: {type(exc).__name__}: {exc}")
         return

@@ -22,6 +22,7 @@ import yaml
 
 from .errors import PqqpError
 from .evaluate.lmeval import parse_metric
+from .evaluate.throughput import ThroughputSettings
 from .experiment import Settings
 from .methods import method_class
 from .methods.base import boolean, format_value
@@ -48,6 +49,50 @@ class GateRule:
             raise PqqpError(f"gate rel_tol={self.rel_tol!r} is not accepted: a fraction >= 0 (0.02 is 2%) or null")
         if self.min_recovery is not None and not 0 < self.min_recovery <= 1:
             raise PqqpError(f"gate min_recovery={self.min_recovery!r} is not accepted: a fraction in (0, 1] or null")
+
+
+@dataclass(frozen=True)
+class ThroughputSpec:
+    """The suite's `throughput` section: recipes whose generation speed is measured, and how (dense is always
+    measured too: it is what the speed-ups divide by)."""
+
+    recipes: tuple[Recipe, ...]
+    settings: ThroughputSettings = ThroughputSettings()
+
+    def cases(self, model: str) -> list["Case"]:
+        recipes = dict.fromkeys([Recipe(()), *self.recipes])
+        return [Case(model, r, "throughput", short(r)) for r in recipes]
+
+
+THROUGHPUT_KEYS = ("recipes", "backend", "prompt_len", "output_len", "num_prompts", "dtype", "enforce_eager", "timeout")
+
+
+def throughput_section(value: Any) -> ThroughputSpec | None:
+    """`throughput: {recipes: [...], backend: auto, prompt_len: 128, ...}` (null: no throughput tests)."""
+    if value is None or isinstance(value, ThroughputSpec):
+        return value
+    if not isinstance(value, dict):
+        raise PqqpError(f"bad value throughput={value!r} in the suite: accepted a mapping with keys "
+                        f"{', '.join(THROUGHPUT_KEYS)}")
+    unknown = sorted(set(value) - set(THROUGHPUT_KEYS))
+    if unknown:
+        raise PqqpError(f"unknown throughput key '{unknown[0]}' in the suite: accepted {', '.join(THROUGHPUT_KEYS)}")
+    recipes = value.get("recipes") or ["dense"]
+    recipes = recipes.split(";") if isinstance(recipes, str) else recipes
+    if not isinstance(recipes, (list, tuple)):
+        raise PqqpError(f"bad value throughput.recipes={recipes!r} in the suite: accepted a list of recipes, "
+                        f"e.g. [dense, 'sleb:p=0.2', 'rtn:w=8,a=8']")
+    numbers = {"prompt_len": int, "output_len": int, "num_prompts": int, "timeout": float, "enforce_eager": to_bool}
+    settings = {}
+    for key in set(value) - {"recipes"}:
+        raw = value[key]
+        try:
+            settings[key] = numbers[key](raw) if key in numbers and not isinstance(raw, bool) else raw
+        except (TypeError, ValueError):
+            accepted = "true or false" if key == "enforce_eager" else "a positive number"
+            raise PqqpError(f"bad value throughput.{key}={raw!r} in the suite: accepted {accepted}") from None
+    return ThroughputSpec(tuple(parse_recipe(str(r).strip()) for r in recipes if str(r).strip()),
+                          ThroughputSettings(**settings))
 
 
 @dataclass(frozen=True)
@@ -79,6 +124,7 @@ class Suite:
     bootstrap: int = 2000
     interference: bool = False
     gate: tuple[tuple[str, GateRule], ...] = ()  # (metric, rule); a metric not named gets GateRule()
+    throughput: ThroughputSpec | None = None  # generation speed of some recipes (evaluate/throughput.py)
     expected_minutes: float | None = None
     source: str = field(default="", compare=False)
 
@@ -124,6 +170,10 @@ class Suite:
         if not self.interference:
             return []
         return [InterferenceSpec(h.suite, h.model, h.pruner, h.quantizer, h.p) for h in self.hypotheses()]
+
+    def throughput_cases(self) -> list["Case"]:
+        """The throughput section's measurements: per model, dense first, then each recipe."""
+        return [c for m in self.models for c in self.throughput.cases(m)] if self.throughput else []
 
     def cases(self) -> list["Case"]:
         """Every distinct measurement the grid needs, cheapest kinds first (dense, single methods, joint)."""
@@ -244,6 +294,8 @@ def coerce(name: str, value: Any) -> Any:
     """A YAML or command-line value as the field's type; lists may also be given as 'a,b,c'."""
     if name == "gate":
         return gate_rules(value)
+    if name == "throughput":
+        return throughput_section(value)
     if name in TUPLES:
         items = split_list(name, value) if isinstance(value, str) else value
         items = items if isinstance(items, (list, tuple)) else [items]
@@ -298,15 +350,20 @@ def load_suite(path: str | Path, **overrides: Any) -> Suite:
         raise PqqpError(f"suite file {str(path)!r} must hold a mapping of keys (models, pruners, ...), not {type(raw).__name__}")
     if "model" in raw:
         raw["models"] = raw.pop("model")
+    section = {k.removeprefix("throughput_"): v for k, v in overrides.items()
+               if k.startswith("throughput_") and v is not None}
+    if section:  # --pqqp-throughput-* options change (or create) the throughput section
+        raw["throughput"] = {**(raw.get("throughput") or {}), **section}
     values = {k: coerce(k, v) for k, v in raw.items()}
-    values.update({k: coerce(k, v) for k, v in overrides.items() if v is not None})
+    values.update({k: coerce(k, v) for k, v in overrides.items() if v is not None and not k.startswith("throughput_")})
     return Suite(**{"name": path.stem, **values, "source": str(path)})
 
 
 def check_grid(suite: Suite) -> None:
     """Refuse a grid that cannot run, before any model is loaded: every error names the bad value."""
+    grid = ("pruners", "quantizers", "ratios", "bits")  # may all be empty in a throughput-only suite
     for name in ("models", "seeds", "pruners", "quantizers", "ratios", "bits", "orders", "quantize"):
-        if not getattr(suite, name):
+        if not getattr(suite, name) and not (suite.throughput and name in grid):
             raise PqqpError(f"suite key '{name}' is empty: give at least one value")
     parse_metric(suite.metric)
     if suite.lm_eval_limit is not None and suite.lm_eval_limit < 1:

@@ -12,6 +12,10 @@
 * `test_interference` (suites with `interference: true`, Table 1): a structured pruner (SLEB) gives exactly
   A = 0 wherever both orders remove the same blocks; an unstructured one shows interference (|A| beyond noise
   at some bit width).
+* `test_throughput` (suites with a `throughput` section): the recipe's generation tokens/s (vLLM on its
+  exported checkpoint, or the transformers fallback, which the row names) and its speed-up over dense, with the
+  suite metric beside it; the figures go to the store and to pytest-benchmark's JSON (`extra_info`). With
+  `backend: vllm` and no vLLM installed it skips with the reason.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import math
 
 import pytest
 
+from pqqp_bench.errors import PqqpError
 from pqqp_bench.hypothesis import monotonicity, structured_zero_interference
 from pqqp_bench.report import Verdict, interference_rows
 
@@ -62,3 +67,27 @@ def test_interference(pqqp_bench, pqqp_interference) -> None:
         sigmas = pqqp_bench.suite.noise_sigmas
         assert any(abs(a) > sigmas * se for *_, a, _same, se in rows), (
             f"no bit width shows interference (|A| > {sigmas:g} stderr) for an unstructured pruner:\n{table}")
+
+
+def test_throughput(pqqp_bench, pqqp_throughput, benchmark) -> None:
+    try:
+        backend = pqqp_bench.backend
+    except PqqpError as exc:  # backend: vllm, and no vLLM here
+        pytest.skip(str(exc))
+    quality, m = benchmark.pedantic(pqqp_bench.throughput_case, args=(pqqp_throughput.model, pqqp_throughput.recipe),
+                                    rounds=1, iterations=1)
+    d = m.details
+    benchmark.extra_info.update({
+        "tokens_per_s": m.value, "speedup": d["speedup"], "dense_tokens_per_s": d["dense_tokens_per_s"],
+        "backend": d["backend"], "backend_reason": d["backend_reason"], "served_as": d["served_as"],
+        "low_bit": d["low_bit"], "kernels": d["kernels"], "quantization": d["quantization"],
+        "elapsed": d["elapsed"], "version": d["version"], "notes": d["notes"],
+        pqqp_bench.suite.metric: quality.value,
+    })
+    print(f"\n{pqqp_throughput.recipe}: {m.value:.1f} tokens/s ({backend.name}), x{d['speedup']:.2f} over dense, "
+          f"{d['served_as']}; {pqqp_bench.suite.metric} {quality.value:.4g}")
+    assert m.value > 0 and math.isfinite(m.value), f"{pqqp_throughput.recipe}: {m.value} tokens/s"
+    assert d["prompt_tokens"] + d["output_tokens"] == d["requests"] * (
+        pqqp_bench.suite.throughput.settings.prompt_len + pqqp_bench.suite.throughput.settings.output_len), (
+        f"{pqqp_throughput.recipe}: generated lengths differ from the settings: {d}")
+    assert math.isfinite(quality.value), f"{pqqp_throughput.recipe}: {pqqp_bench.suite.metric} {quality.value}"

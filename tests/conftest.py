@@ -21,11 +21,11 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>")
 
 
-def tiny_llama(seed: int = 0, layers: int = 2, hidden: int = 64, context: int = 256) -> LlamaForCausalLM:
+def tiny_llama(seed: int = 0, layers: int = 2, hidden: int = 64, context: int = 256, heads: int = 4) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(CHARS) + 1, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context, use_cache=False,
+        num_attention_heads=heads, num_key_value_heads=heads // 2, max_position_embeddings=context, use_cache=False,
     )
     return LlamaForCausalLM(config).eval()
 
