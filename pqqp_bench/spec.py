@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from .errors import PqqpError
 from .methods import Method, method_class
+from .methods.base import KIND_LETTERS
 
 DENSE = "dense"
 
@@ -54,13 +55,15 @@ class Recipe:
 
     @property
     def order(self) -> str:
-        """The methods' kinds in application order, e.g. `P>Q` or `Q>P` (empty for dense or a lone rotation)."""
-        return ">".join("P" if s.kind == "prune" else "Q" for s in self.methods)
+        """The methods' kinds in application order, e.g. `P>Q`, `Q>P`, `P>Q>P`, `Q>L>P` (empty for dense or a lone
+        rotation; P prune, Q quantize, S share, L tune)."""
+        return ">".join(KIND_LETTERS[s.kind] for s in self.methods if s.kind in KIND_LETTERS)
 
     def ratios(self) -> dict[str, float]:
         """Nominal ratios (paper §2): C_P = 1/(1-p), C_Q = B_orig/B of the lowest weight precision, and the total
-        memory ratio C_P * C_Q. Weight pruners' ratios add up (each prunes p more of every row); block removal
-        (SLEB) multiplies, since the weight pruners then act on the blocks that are left."""
+        memory ratio C_P * C_Q (times the parameter-sharing ratio C_S where a recipe shares). Weight pruners' ratios
+        add up (each prunes p more of every row); block removal (SLEB) multiplies, since the weight pruners then
+        act on the blocks that are left."""
         row = sum(s.sparsity for s in self.stages if s.kind == "prune" and s.scope == "layer")
         kept = max(0.0, 1.0 - row)
         for stage in self.stages:
@@ -68,7 +71,12 @@ class Recipe:
                 kept *= 1.0 - stage.sparsity
         prune = 1.0 / kept if kept > 0.0 else float("inf")
         quant = max((s.ratio() for s in self.stages if s.kind == "quant"), default=1.0)
-        return {"prune": prune, "quant": quant, "total": prune * quant}
+        share = 1.0
+        for stage in self.stages:
+            if stage.kind == "share":
+                share *= stage.ratio()
+        ratios = {"prune": prune, "quant": quant, "total": prune * quant * share}
+        return {**ratios, "share": share} if share != 1.0 else ratios
 
     def reversed(self) -> "Recipe":
         """The same methods in the opposite order; a leading rotation stays first."""

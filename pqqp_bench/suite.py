@@ -149,10 +149,12 @@ class Suite:
         return with_values(template, {k: bits for k in self.quantize}, kind="quant")
 
     def joint(self, pruner: str, quantizer: str, p: float, bits: int, order: str) -> Recipe:
-        """The joint recipe in `order`; a quantizer's leading rotation stays first in both orders."""
+        """The joint recipe in `order`; a quantizer's leading rotation stays first in both orders, and its
+        recovery stages (LoRA) stay right after it: P>Q is `P > Q > L`, Q>P is `Q > L > P`."""
         prune, quant = self.pruner(pruner, p), self.quantizer(quantizer, bits)
-        pq = Recipe(quant.basis + prune.stages + quant.methods)
-        return pq if order == "P>Q" else pq.reversed()
+        if order == "P>Q":
+            return Recipe(quant.basis + prune.stages + quant.methods)
+        return Recipe(quant.basis + quant.methods + prune.stages)
 
     def curve(self, quantizer: str) -> dict[int, Recipe]:
         """The quantization curve's recipes by bit width: every curve and grid bit width."""
@@ -261,20 +263,30 @@ def compact(text: str) -> str:
 
 
 def with_values(template: str, values: dict[str, Any], kind: str) -> Recipe:
-    """Fill the grid's values into the last stage of a template (`quarot > gptq:g=64` -> `... > gptq:g=64,w=4`)."""
-    kinds = [method_class(part.partition(":")[0].strip().lower()).kind for part in template.split(">")]
-    if kinds[-1] != kind or any(k not in (kind, "transform") for k in kinds):
+    """Fill the grid's values into the template's stage of `kind` (`quarot > gptq:g=64` -> `... > gptq:g=64,w=4`).
+
+    A quantizer template may end in recovery stages that follow the quantizer in both orders
+    (`rtn > lora:steps=40`: LoRA trained right after quantization, paper Fig. 8).
+    """
+    parts = template.split(">")
+    kinds = [method_class(part.partition(":")[0].strip().lower()).kind for part in parts]
+    allowed = ("transform", "quant", "tune") if kind == "quant" else ("prune", "transform")
+    if kinds.count(kind) != 1 or any(k not in allowed for k in kinds) or (kind == "prune" and kinds[-1] != kind) \
+            or (kind == "quant" and "tune" in kinds[:kinds.index("quant")]):
         accepted = "a pruner: wanda, sparsegpt, sleb, magnitude (with options, e.g. sparsegpt:damp=0.02)" \
-            if kind == "prune" else "a quantizer: rtn, gptq, or a rotation then one, e.g. 'quarot > gptq:g=64'"
+            if kind == "prune" else ("a quantizer: rtn, gptq, or a rotation then one, e.g. 'quarot > gptq:g=64', "
+                                     "optionally followed by recovery, e.g. 'rtn > lora:steps=40'")
         raise PqqpError(f"{'pruner' if kind == 'prune' else 'quantizer'} {template!r} in the suite is not accepted: "
                         f"accepted {accepted}")
-    last = template.rsplit(">", 1)[-1]
-    given = {item.split("=")[0].strip().lower() for item in last.partition(":")[2].split(",") if item.strip()}
+    at = kinds.index(kind)
+    stage = parts[at]
+    given = {item.split("=")[0].strip().lower() for item in stage.partition(":")[2].split(",") if item.strip()}
     clash = sorted(given & set(values))
     if clash:
         raise PqqpError(f"{template!r} sets {clash[0]}= itself; the suite's grid sets it: remove it from the template")
     extra = ",".join(f"{k}={format_value(v)}" for k, v in values.items())
-    return parse_recipe(f"{template}{',' if ':' in last else ':'}{extra}")
+    parts[at] = f"{stage.rstrip()}{',' if ':' in stage else ':'}{extra}"
+    return parse_recipe(">".join(parts))
 
 
 # --- loading and checking -------------------------------------------------------------------------------

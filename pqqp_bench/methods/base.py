@@ -19,7 +19,8 @@ from torch import nn
 
 from ..errors import PqqpError
 
-Kind = Literal["prune", "quant", "transform"]
+Kind = Literal["prune", "quant", "transform", "share", "tune"]
+KIND_LETTERS = {"prune": "P", "quant": "Q", "share": "S", "tune": "L"}  # Recipe.order; transforms have none
 Statistic = Literal["sqnorm", "hessian"]
 
 B_ORIG = 16  # the paper's reference precision: C_Q = B_orig / B_Q (§2)
@@ -134,6 +135,8 @@ class Method:
     `scope` is "layer" for methods applied block by block inside the engine's calibration pass (`apply`), or
     "model" for methods that need the whole model at once (`apply_model`: block removal, rotations).
     A "transform" (a rotation) compresses nothing by itself: in a recipe it belongs to the method after it.
+    "share" ties weights of several layers (parameter sharing, paper §5.4); "tune" trains added parameters to
+    recover quality (PEFT, paper §5.4) and compresses nothing.
     """
 
     name: ClassVar[str]
