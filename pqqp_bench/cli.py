@@ -209,6 +209,55 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def seconds_of(m) -> float:
+    took = m.details.get("seconds", {})
+    return took.get("compress", 0.0) + took.get("evaluate", 0.0)
+
+
+def command_order(args: argparse.Namespace) -> int:
+    """`pqqp order`: recommend an order of n methods from their single runs (increasing CER, paper §3.2 and
+    App. D.7); with --exhaustive, measure every order and report the recommendation's rank and regret."""
+    from tqdm.auto import tqdm
+
+    from .measure import Bench
+    from .ordering import parse_method_set
+    from .report import order_evidence
+    from .store import Store
+    from .suite import OrderSearch, OrderSpec, Suite, coerce
+
+    methods = parse_method_set(args.methods)  # a bad set fails before anything loads
+    d = Settings()
+    suite = Suite(name="order", models=(args.model or d.model,), corpus=args.corpus or d.corpus,
+                  seqlen=args.seqlen or d.seqlen, calib_samples=args.calib_samples or d.calib_samples,
+                  eval_tokens=args.eval_tokens or d.eval_tokens, holdout=d.holdout if args.holdout is None else args.holdout,
+                  seeds=(d.seed if args.seed is None else args.seed,), batch_size=args.batch_size or d.batch_size,
+                  device=args.device or d.device, pruners=(), quantizers=(), ratios=(), bits=(),
+                  curve_bits=coerce("curve_bits", args.curve_bits), order_search=OrderSearch((methods,), args.reference))
+    spec = OrderSpec(suite, suite.models[0], methods)
+    curve = list(suite.curve(args.reference).values())
+    singles = [methods.single(i) for i in range(len(methods.units))]
+    orders = [methods.recipe(o) for o in methods.orders()] if args.exhaustive else []
+    plan = [parse_recipe("dense"), *curve, *singles, *orders]
+    print(f"{len(methods.units)} methods on {spec.model}: {len(singles)} single runs and a {len(curve)}-point "
+          f"{args.reference} curve for the CERs" + (f", then all {len(orders)} orders" if orders else "")
+          + f"; store {args.store}", flush=True)
+    with Store(args.store) as store:
+        bench = Bench(suite, store, refresh=args.refresh, progress=not args.no_progress, cache_dir=args.cache_dir,
+                      trust_remote_code=args.trust_remote_code)
+        measured = {}
+        for recipe in tqdm(plan, desc="measurements", unit="recipe", disable=args.no_progress):
+            measured[recipe] = bench.measure(spec.model, recipe)
+        result, details = bench.order_outcome(spec, exhaustive=args.exhaustive)
+        print("\n" + order_evidence(bench, spec, result, details))
+        rule = sum(seconds_of(measured[r]) for r in singles)
+        line = f"measured cost: the rule's {len(singles)} single runs took {rule:.0f} s"
+        if orders:
+            line += f"; the {len(orders)} orders took {sum(seconds_of(measured[r]) for r in orders):.0f} s"
+        print(line + f" (the curve, shared by every method set on this model: "
+                     f"{sum(seconds_of(measured[r]) for r in curve):.0f} s)")
+    return 0
+
+
 def command_models(args: argparse.Namespace) -> int:
     print(tabulate(available_models(), headers=["name", "status", "model"]))
     print("\nAlso accepted: any HF hub id (where the hub or its cache is reachable), a local HF folder, a .gguf file.")
@@ -295,6 +344,21 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--noise-sigmas", type=float, default=None,
                       help="noise allowance in standard errors of the seed spread (default: the suite's noise_sigmas)")
     gate.set_defaults(func=command_gate)
+    order = sub.add_parser("order", help="recommend the order of n methods from their single runs (weakest first); "
+                                         "--exhaustive also measures all n! orders")
+    order.add_argument("--methods", required=True,
+                       help="the methods to order, e.g. 'wanda:p=0.3, rtn:w=4,a=4,kv=4, sparsegpt:p=0.1' (', ' or ';' "
+                            "between methods; a rotation goes with its quantizer: 'quarot > rtn:w=4')")
+    order.add_argument("--exhaustive", action="store_true", help="measure every order: the rank and regret of the recommendation")
+    order.add_argument("--reference", default="rtn",
+                       help="the quantizer whose curve gives the CERs, a template such as rtn or 'quarot > gptq:g=64' "
+                            "(default rtn; bits fill w, a and kv)")
+    order.add_argument("--curve-bits", default="3,4,5,6,8", help="bit widths of the reference curve (default 3,4,5,6,8)")
+    order.add_argument("--store", default=str(default_store_path()),
+                       help="results store: measurements are reused and kept (default $PQQP_STORE or results/pqqp.sqlite)")
+    order.add_argument("--refresh", action="store_true", help="recompute stored measurements")
+    add_settings_arguments(order)
+    order.set_defaults(func=command_order)
     sub.add_parser("lm-eval", add_help=False,
                    help="lm-eval's own CLI with the `pqqp` model type: pqqp lm-eval run --model pqqp --model_args "
                         "pretrained=smollm2-135m,recipe=... --tasks pqqp_cloze (suites/tasks is included)")

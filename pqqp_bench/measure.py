@@ -22,7 +22,8 @@ from .errors import PqqpError
 from .hypothesis import (CER, Estimate, Point, cer, combine_seeds, is_collapsed_metric, oriented,
                          paired_bootstrap_advantage, paired_bootstrap_samples, quant_ratio)
 from .store import Measurement, MeasurementKey, Store
-from .suite import Case, HypothesisSpec, PointSpec, Suite
+from .ordering import OrderOutcome, outcome, recommend
+from .suite import Case, HypothesisSpec, OrderSpec, PipelineSpec, PointSpec, Suite
 from .spec import Recipe, parse_recipe
 
 if TYPE_CHECKING:
@@ -326,6 +327,50 @@ class Bench:
                                               qp.details["seqlen"] - 1, resamples=resamples, seed=seed)
         return paired_bootstrap_samples(self.suite.metric, qp.details["samples"], pq.details["samples"],
                                         resamples=resamples, seed=seed)
+
+    def compare(self, model: str, first: Recipe, second: Recipe, seed_for_bootstrap: int = 0
+                ) -> tuple[Estimate, list[float], list[float]]:
+        """A(first -> second) = M(first) - M(second), paired over windows (or documents) and combined over the
+        seeds that can change either; with the two recipes' metric values per seed."""
+        estimates, values_first, values_second = [], [], []
+        for seed in self.seeds_for(first, second):
+            a, b = self.measure(model, first, seed), self.measure(model, second, seed)
+            values_first.append(a.value)
+            values_second.append(b.value)
+            if not all(math.isfinite(v) for v in (a.value, b.value)):
+                estimates.append(Estimate(float("nan"), float("inf"), float("nan"), float("nan")))
+            elif first == second:
+                estimates.append(Estimate(0.0, 0.0, 0.0, 0.0))  # one measurement: A is exactly 0
+            else:
+                estimates.append(self.advantage(a, b, seed_for_bootstrap))
+        estimate = combine_seeds(estimates) if all(math.isfinite(e.value) for e in estimates) else estimates[0]
+        return estimate, values_first, values_second
+
+    def pipeline_points(self, spec: PipelineSpec) -> list[tuple[Point, dict]]:
+        """The family's points as Fig. 3-style points with x the family's intensity gap (pipelines.py)."""
+        dense = self.mean_value(spec.model, Recipe(()))
+        points = []
+        for pt in spec.family.points:
+            estimate, first, second = self.compare(spec.model, pt.first, pt.second)
+            collapsed = is_collapsed_metric(self.suite.metric, first + second, dense, self.suite.max_ppl_ratio)
+            point = Point(0.0, 0, 0.0, CER(pt.x), estimate.value, estimate.stderr, collapsed)
+            points.append((point, {"first": first, "second": second, "dense": dense, "label": pt.label,
+                                   "estimate": estimate}))
+        return points
+
+    def order_outcome(self, spec: OrderSpec, exhaustive: bool = True) -> tuple[OrderOutcome | None, dict]:
+        """The intensity rule on one method set: single-method M and CER (on the reference quantizer's curve),
+        the recommended order, and (`exhaustive`) every order's M with the recommendation's rank and regret."""
+        methods = spec.methods
+        singles = [self.oriented(spec.model, methods.single(i)) for i in range(len(methods.units))]
+        curve = self.curve(spec.model, self.suite.order_search.reference) if self.suite.order_search else None
+        cers = [cer(m, curve) if curve else None for m in singles]
+        recommended = recommend(singles)
+        details = {"singles": singles, "cers": cers, "recommended": recommended}
+        if not exhaustive:
+            return None, details
+        metrics = {order: self.oriented(spec.model, methods.recipe(order)) for order in methods.orders()}
+        return outcome(recommended, metrics), details
 
     def hypothesis_points(self, spec: HypothesisSpec) -> list[tuple[Point, dict]]:
         return [self.point(p) for p in spec.points()]

@@ -136,7 +136,8 @@ def marks_for(recipe) -> list:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = metafunc.fixturenames
-    if not any(n in names for n in ("pqqp_case", "pqqp_hypothesis", "pqqp_interference", "pqqp_throughput")):
+    if not any(n in names for n in ("pqqp_case", "pqqp_hypothesis", "pqqp_interference", "pqqp_throughput",
+                                    "pqqp_pipeline", "pqqp_order", "pqqp_order_rule")):
         return
     suite = suite_of(metafunc.config)
     if "pqqp_throughput" in names:
@@ -147,11 +148,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "pqqp_case" in names:
         metafunc.parametrize("pqqp_case", [pytest.param(c, id=c.id, marks=[*marks_for(c.recipe), pytest.mark.pqqp_case])
                                            for c in suite.cases()])
-    for name, specs in (("pqqp_hypothesis", suite.hypotheses()), ("pqqp_interference", suite.interference_specs())):
+    rules = suite.models if suite.order_search else ()
+    for name, specs in (("pqqp_hypothesis", suite.hypotheses()), ("pqqp_interference", suite.interference_specs()),
+                        ("pqqp_pipeline", suite.pipeline_specs()), ("pqqp_order", suite.order_specs()),
+                        ("pqqp_order_rule", rules)):
         if name in names:
-            params = [pytest.param(s, id=s.id, marks=[pytest.mark.pqqp, pytest.mark.pqqp_hypothesis]) for s in specs]
+            params = [pytest.param(s, id=getattr(s, "id", s), marks=[pytest.mark.pqqp, pytest.mark.pqqp_hypothesis])
+                      for s in specs]
             metafunc.parametrize(name, params or [pytest.param(None, marks=pytest.mark.skip(
-                reason=f"suite '{suite.name}' asks for no {name.split('_')[1]} tests"))])
+                reason=f"suite '{suite.name}' asks for no {name.removeprefix('pqqp_').replace('_', ' ')} tests"))])
 
 
 def store_path(config: pytest.Config) -> Path:

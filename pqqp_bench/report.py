@@ -15,7 +15,8 @@ from tabulate import tabulate
 from .compress import bits_label
 from .hypothesis import ExpFit, Monotonicity, Point, exponential_fit, interference_table, monotonicity
 from .measure import Bench, Missing
-from .suite import HypothesisSpec, InterferenceSpec
+from .ordering import OrderOutcome, OrderSummary, cost_ratio, summarize
+from .suite import HypothesisSpec, InterferenceSpec, OrderSpec, PipelineSpec
 
 
 def trend(points: Sequence[Point]) -> ExpFit | None:
@@ -133,5 +134,126 @@ def interference_report(bench: Bench) -> str:
     return "\n\n".join(parts)
 
 
+# ------------------------------------------------------------------------- general pipelines (§5.4)
+
+
+@dataclass(frozen=True)
+class PipelineVerdict:
+    """The paper's direction for one family: A(first -> second) non-decreasing in x, within noise."""
+
+    spec: PipelineSpec
+    result: Monotonicity
+    rows: tuple[tuple, ...]  # (label, x, metric first, metric second, A, stderr, collapsed)
+    sigmas: float
+
+    @property
+    def status(self) -> str:
+        if self.result.n_points < 2:
+            return "too few points"
+        return "holds" if self.result.holds else "VIOLATED"
+
+    def evidence(self) -> str:
+        metric = self.spec.suite.metric
+        f = self.spec.family
+        head = (f"{f.figure + ': ' if f.figure else ''}A(first -> second) = M(first) - M(second) against x = {f.x_label}; "
+                f"first = the weaker stage earlier")
+        table = tabulate([(label, fmt(x, 4), fmt(a_first, 5), fmt(a_second, 5), fmt(a, 4), fmt(se, 2),
+                           "collapsed" if c else "") for label, x, a_first, a_second, a, se, c in self.rows],
+                         headers=["point", "x", f"{metric} first", f"{metric} second", "A", "stderr", ""])
+        res = self.result
+        text = f"{head}\n{table}\nSpearman {fmt(res.spearman, 3)}, Kendall {fmt(res.kendall, 3)} over {res.n_points} " \
+               f"points (collapsed, excluded: {len(res.excluded)}); A > 0 at {sum(r[4] > 0 for r in self.rows)} of " \
+               f"{sum(r[1] != 0 for r in self.rows)} points with x != 0"
+        for v in res.violations:
+            text += (f"\nviolation: x {fmt(v.x_low)} -> {fmt(v.x_high)}: A drops {fmt(v.a_low)} -> {fmt(v.a_high)} "
+                     f"(by {fmt(v.drop)}, noise tolerance {self.sigmas:g} sigma = {fmt(v.tolerance)})")
+        return text
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def pipeline_verdict(bench: Bench, spec: PipelineSpec) -> PipelineVerdict:
+    points = bench.pipeline_points(spec)
+    rows = tuple((d["label"], pt.x, mean(d["first"]), mean(d["second"]), pt.advantage, pt.stderr, pt.collapsed)
+                 for pt, d in points)
+    sigmas = bench.suite.noise_sigmas
+    return PipelineVerdict(spec, monotonicity([pt for pt, _ in points], sigmas=sigmas), rows, sigmas)
+
+
+def pipeline_report(bench: Bench) -> str:
+    parts = []
+    for spec in bench.suite.pipeline_specs():
+        try:
+            v = pipeline_verdict(bench, spec)
+        except Missing:
+            continue
+        parts.append(f"Pipeline {spec.id}: {v.status}\n{v.evidence()}")
+    return "\n\n".join(parts)
+
+
+# ------------------------------------------------------------------------------ order search (App. D.7)
+
+
+def order_evidence(bench: Bench, spec: OrderSpec, result: OrderOutcome | None, details: dict) -> str:
+    """The single methods with their M and CER, the recommendation, and (exhaustive) every order ranked."""
+    methods, metric = spec.methods, bench.suite.metric
+    sign = -1.0 if metric == "ppl" or "perplexity" in metric else 1.0
+    singles = tabulate([(str(methods.units[i]), fmt(sign * m, 5), str(c) if c is not None else "-")
+                        for i, (m, c) in enumerate(zip(details["singles"], details["cers"]))],
+                       headers=["method alone", metric, f"CER on {bench.suite.order_search.reference}"
+                                if bench.suite.order_search else "CER"])
+    n = len(methods.units)
+    text = (f"{singles}\nrecommended (increasing CER, weakest first): {methods.describe(details['recommended'])}\n"
+            f"cost: {n} single runs for the rule vs {len(methods.orders())} orders exhaustively "
+            f"({cost_ratio(n):g}x more joint compressions)")
+    if result is None:
+        return text
+    ranked = sorted(result.metrics, key=lambda om: -om[1])
+    rows = [(1 + sum(other > m for _, other in result.metrics), methods.describe(order), fmt(sign * m, 5),
+             fmt(result.best_metric - m, 4), "recommended" if order == result.recommended else "")
+            for order, m in ranked]
+    text += "\n" + tabulate(rows, headers=["rank", "order", metric, "regret", ""])
+    text += (f"\nrecommended order: rank {result.rank} of {len(rows)}, regret {fmt(result.regret, 4)} "
+             f"(random order: best with chance {fmt(result.random_hit_rate, 3)}, expected regret "
+             f"{fmt(result.random_regret, 4)})")
+    return text
+
+
+def order_outcomes(bench: Bench, model: str | None = None) -> list[tuple[OrderSpec, OrderOutcome]]:
+    found = []
+    for spec in bench.suite.order_specs():
+        if model is not None and spec.model != model:
+            continue
+        try:
+            result, _ = bench.order_outcome(spec)
+        except Missing:
+            continue
+        found.append((spec, result))
+    return found
+
+
+def summary_text(summary: OrderSummary) -> str:
+    return (f"intensity rule over {summary.sets} method sets: best order chosen in {summary.hit_rate:.0%} "
+            f"(random order: {summary.random_hit_rate:.0%}), mean regret {fmt(summary.mean_regret, 4)} "
+            f"(random order: {fmt(summary.random_regret, 4)}), mean rank {fmt(summary.mean_rank, 3)}")
+
+
+def order_report(bench: Bench) -> str:
+    found = order_outcomes(bench)
+    if not found:
+        return ""
+    rows = [(spec.model, spec.methods.name, spec.methods.describe(r.recommended), spec.methods.describe(r.best),
+             f"{r.rank}/{len(r.metrics)}", fmt(r.regret, 4), fmt(r.random_regret, 4)) for spec, r in found]
+    text = "Order search: the intensity rule (increasing CER) against every order\n" + tabulate(
+        rows, headers=["model", "methods", "recommended", "best", "rank", "regret", "random regret"])
+    for model in dict.fromkeys(spec.model for spec, _ in found):
+        text += f"\n{model}: " + summary_text(summarize([r for spec, r in found if spec.model == model]))
+    return text
+
+
 def full_report(bench: Bench) -> str:
-    return "\n\n".join(part for part in (case_table(bench), verdict_table(bench), interference_report(bench)) if part)
+    parts = (case_table(bench), verdict_table(bench), interference_report(bench), pipeline_report(bench),
+             order_report(bench))
+    return "\n\n".join(part for part in parts if part)

@@ -26,6 +26,8 @@ from .evaluate.throughput import ThroughputSettings
 from .experiment import Settings
 from .methods import method_class
 from .methods.base import boolean, format_value
+from .ordering import MethodSet, parse_method_set
+from .pipelines import Pipeline, pipelines_section
 from .spec import Recipe, parse_recipe
 
 ORDERS = ("P>Q", "Q>P")
@@ -96,6 +98,36 @@ def throughput_section(value: Any) -> ThroughputSpec | None:
 
 
 @dataclass(frozen=True)
+class OrderSearch:
+    """The suite's `order_search` section: method sets whose recommended order (by increasing CER, from the
+    single runs) is checked against every permutation. `reference` is the quantizer whose curve (the suite's
+    `curve_bits`) the CERs are read on."""
+
+    sets: tuple[MethodSet, ...]
+    reference: str = "rtn"
+
+
+def order_search_section(value: Any) -> OrderSearch | None:
+    """`order_search: {reference: rtn, sets: ['wanda:p=0.3; rtn:w=6,a=6,kv=6; sparsegpt:p=0.1', ...]}`."""
+    if value is None or isinstance(value, OrderSearch):
+        return value
+    accepted = "accepted a mapping {sets: [method sets], reference: quantizer template}"
+    if not isinstance(value, dict):
+        raise PqqpError(f"bad value order_search={value!r} in the suite: {accepted}")
+    unknown = sorted(set(value) - {"sets", "reference"})
+    if unknown:
+        raise PqqpError(f"unknown order_search key '{unknown[0]}' in the suite: accepted sets, reference")
+    sets = value.get("sets")
+    if not isinstance(sets, list) or not sets:
+        raise PqqpError(f"bad value order_search.sets={sets!r} in the suite: accepted a non-empty list of method sets, "
+                        f"e.g. ['wanda:p=0.3; rtn:w=6,a=6,kv=6']")
+    parsed = tuple(parse_method_set(str(text)) for text in sets)
+    if len({m.id for m in parsed}) != len(parsed):
+        raise PqqpError("order_search.sets names the same method set twice: accepted distinct sets")
+    return OrderSearch(parsed, str(value.get("reference") or "rtn"))
+
+
+@dataclass(frozen=True)
 class Suite:
     """A grid and the settings it is measured under (the defaults are the embedded model on pydoc)."""
 
@@ -125,6 +157,8 @@ class Suite:
     interference: bool = False
     gate: tuple[tuple[str, GateRule], ...] = ()  # (metric, rule); a metric not named gets GateRule()
     throughput: ThroughputSpec | None = None  # generation speed of some recipes (evaluate/throughput.py)
+    pipelines: tuple[Pipeline, ...] = ()  # general pipelines: A(first -> second) against x (pipelines.py, §5.4)
+    order_search: OrderSearch | None = None  # the intensity-order rule against every permutation (ordering.py)
     expected_minutes: float | None = None
     source: str = field(default="", compare=False)
 
@@ -198,7 +232,25 @@ class Suite:
                         recipe = self.joint(pt.pruner, pt.quantizer, pt.p, pt.bits, order)
                         add(model, recipe, "joint", f"{short(self.pruner(pt.pruner, pt.p))}-"
                                                     f"{short(self.quantizer(pt.quantizer, pt.bits))}-{order}")
+            for family in self.pipelines:
+                for recipe in family.recipes():
+                    add(model, recipe, "pipeline", f"{family.name}-{short(recipe)}")
+            if self.order_search:
+                for recipe in self.curve(self.order_search.reference).values():
+                    add(model, recipe, "quant", short(recipe))
+                for method_set in self.order_search.sets:
+                    for i in range(len(method_set.units)):
+                        add(model, method_set.single(i), "single", short(method_set.single(i)))
+                    for order in method_set.orders():
+                        add(model, method_set.recipe(order), "order", short(method_set.recipe(order)))
         return list(found.values())
+
+    def pipeline_specs(self) -> list["PipelineSpec"]:
+        return [PipelineSpec(self, m, f) for m in self.models for f in self.pipelines]
+
+    def order_specs(self) -> list["OrderSpec"]:
+        sets = self.order_search.sets if self.order_search else ()
+        return [OrderSpec(self, m, s) for m in self.models for s in sets]
 
 
 @dataclass(frozen=True)
@@ -251,6 +303,32 @@ class HypothesisSpec:
 @dataclass(frozen=True)
 class InterferenceSpec(HypothesisSpec):
     """Table 1 for one pruner: A(Q->P) at a fixed p across bit widths, and whether the structure changed."""
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """One family of the `pipelines` section on one model: A(first -> second) against x."""
+
+    suite: Suite
+    model: str
+    family: Pipeline
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-{self.family.name}"
+
+
+@dataclass(frozen=True)
+class OrderSpec:
+    """One method set of the `order_search` section on one model."""
+
+    suite: Suite
+    model: str
+    methods: MethodSet
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-{self.methods.id}"
 
 
 def short(recipe: Recipe) -> str:
@@ -308,6 +386,10 @@ def coerce(name: str, value: Any) -> Any:
         return gate_rules(value)
     if name == "throughput":
         return throughput_section(value)
+    if name == "pipelines":
+        return pipelines_section(value)
+    if name == "order_search":
+        return order_search_section(value)
     if name in TUPLES:
         items = split_list(name, value) if isinstance(value, str) else value
         items = items if isinstance(items, (list, tuple)) else [items]
@@ -373,9 +455,10 @@ def load_suite(path: str | Path, **overrides: Any) -> Suite:
 
 def check_grid(suite: Suite) -> None:
     """Refuse a grid that cannot run, before any model is loaded: every error names the bad value."""
-    grid = ("pruners", "quantizers", "ratios", "bits")  # may all be empty in a throughput-only suite
+    grid = ("pruners", "quantizers", "ratios", "bits")  # may all be empty in a suite of other sections only
+    other = suite.throughput or suite.pipelines or suite.order_search
     for name in ("models", "seeds", "pruners", "quantizers", "ratios", "bits", "orders", "quantize"):
-        if not getattr(suite, name) and not (suite.throughput and name in grid):
+        if not getattr(suite, name) and not (other and name in grid):
             raise PqqpError(f"suite key '{name}' is empty: give at least one value")
     parse_metric(suite.metric)
     if suite.lm_eval_limit is not None and suite.lm_eval_limit < 1:
@@ -400,3 +483,5 @@ def check_grid(suite: Suite) -> None:
     for template in suite.quantizers:
         for b in suite.bits:
             suite.quantizer(template, b)
+    if suite.order_search:
+        suite.curve(suite.order_search.reference)

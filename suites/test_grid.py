@@ -12,6 +12,14 @@
 * `test_interference` (suites with `interference: true`, Table 1): a structured pruner (SLEB) gives exactly
   A = 0 wherever both orders remove the same blocks; an unstructured one shows interference (|A| beyond noise
   at some bit width).
+* `test_pipeline` (suites with a `pipelines` section, paper §5.4, Figs. 7-10): for one family of general
+  pipelines, A(first -> second) = M(first) - M(second) is non-decreasing in the family's intensity gap x within
+  noise, where `first` puts the weaker stage earlier (a point at x = 0 comparing a recipe with itself anchors
+  A = 0, so the check also asks A >= 0 beyond noise).
+* `test_order_search` (suites with an `order_search` section, App. D.7): every order of one method set is
+  measured; prints the rule's recommendation (increasing CER from the single runs), its rank and its regret.
+  `test_order_rule`: over all sets of a model, the rule's mean regret is at most a random order's (the exact
+  mean over all permutations) — the measured claim, which may fail; the figures say by how much.
 * `test_throughput` (suites with a `throughput` section): the recipe's generation tokens/s (vLLM on its
   exported checkpoint, or the transformers fallback, which the row names) and its speed-up over dense, with the
   suite metric beside it; the figures go to the store and to pytest-benchmark's JSON (`extra_info`). With
@@ -26,7 +34,8 @@ import pytest
 
 from pqqp_bench.errors import PqqpError
 from pqqp_bench.hypothesis import monotonicity, structured_zero_interference
-from pqqp_bench.report import Verdict, interference_rows
+from pqqp_bench.ordering import summarize
+from pqqp_bench.report import Verdict, interference_rows, order_evidence, pipeline_verdict, summary_text
 
 
 def test_case(pqqp_bench, pqqp_case) -> None:
@@ -91,3 +100,39 @@ def test_throughput(pqqp_bench, pqqp_throughput, benchmark) -> None:
         pqqp_bench.suite.throughput.settings.prompt_len + pqqp_bench.suite.throughput.settings.output_len), (
         f"{pqqp_throughput.recipe}: generated lengths differ from the settings: {d}")
     assert math.isfinite(quality.value), f"{pqqp_throughput.recipe}: {pqqp_bench.suite.metric} {quality.value}"
+
+
+def test_pipeline(pqqp_bench, pqqp_pipeline) -> None:
+    verdict = pipeline_verdict(pqqp_bench, pqqp_pipeline)
+    print(f"\n{pqqp_pipeline.id}\n{verdict.evidence()}")
+    if verdict.result.n_points < 2:
+        pytest.skip(f"{verdict.result.n_points} point(s) in the practical regime, at least 2 needed:\n"
+                    f"{verdict.evidence()}")
+    assert verdict.result.holds, f"A(first -> second) is not non-decreasing in x:\n{verdict.evidence()}"
+
+
+def test_order_search(pqqp_bench, pqqp_order) -> None:
+    result, details = pqqp_bench.order_outcome(pqqp_order)
+    print(f"\n{pqqp_order.id}\n{order_evidence(pqqp_bench, pqqp_order, result, details)}")
+    assert all(math.isfinite(m) for _, m in result.metrics), f"an order collapsed to a non-finite metric: {result}"
+    methods = pqqp_order.methods
+    reached = {methods.describe(o): pqqp_bench.measure(pqqp_order.model, methods.recipe(o)).details for o in methods.orders()}
+    sparsity = [d["achieved"]["sparsity"] for d in reached.values()]
+    tolerance = 2 * max(d["sparsity_tolerance"] for d in reached.values())
+    assert max(sparsity) - min(sparsity) <= tolerance, (
+        f"the orders reached different sparsities (orders compare only at equal ratios): "
+        f"{ {k: round(d['achieved']['sparsity'], 4) for k, d in reached.items()} }")
+    assert len({str(d["achieved"]["w_bits"]) for d in reached.values()}) == 1, (
+        f"the orders reached different weight bits: { {k: d['achieved']['w_bits'] for k, d in reached.items()} }")
+
+
+def test_order_rule(pqqp_bench, pqqp_order_rule) -> None:
+    specs = [s for s in pqqp_bench.suite.order_specs() if s.model == pqqp_order_rule]
+    outcomes = [pqqp_bench.order_outcome(s)[0] for s in specs]
+    rows = "\n".join(f"{s.methods.name}: rank {r.rank}/{len(r.metrics)}, regret {r.regret:.4g}, random regret "
+                     f"{r.random_regret:.4g}" for s, r in zip(specs, outcomes))
+    summary = summarize(outcomes)
+    text = f"{pqqp_order_rule}: {summary_text(summary)}\n{rows}"
+    print(f"\n{text}")
+    assert summary.mean_regret <= summary.random_regret, (
+        f"the intensity order loses more than a random order on average:\n{text}")

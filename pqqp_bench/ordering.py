@@ -1,0 +1,193 @@
+"""Order selection (paper Problem 1, App. D.7): recommend an order of n methods from the n single runs.
+
+The Progressive Intensity Hypothesis gives a rule that needs no joint run at all: measure each method alone,
+map its metric to a compression equivalent ratio (Def. 3), and apply the methods by increasing CER, the weakest
+first. On a monotone quantization curve a higher single-method M is a lower CER, so the rule sorts by M
+(ties keep the order the methods were given). Checking the rule costs every permutation (n!): `OrderOutcome`
+gives the recommended order's rank among them and its regret, the metric lost against the best order, next to
+what a uniformly random order would lose.
+
+Pure functions over numbers and recipes; measuring is `measure.Bench`'s.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass
+
+from .errors import PqqpError
+from .methods.base import Method
+from .spec import Recipe, parse_recipe
+
+Order = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class MethodSet:
+    """n methods to order. Each unit is one or more stages applied together (`rtn:w=4 > lora`); leading
+    rotations of any unit form the shared basis, applied first in every order (a rotation must lead)."""
+
+    units: tuple[Recipe, ...]
+    basis: tuple[Method, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return " ; ".join(str(u) for u in self.units)
+
+    @property
+    def id(self) -> str:
+        return "".join(" + ".join(str(u) for u in self.units).split())
+
+    def single(self, index: int) -> Recipe:
+        """Method `index` alone (after the shared basis)."""
+        return Recipe(self.basis + self.units[index].stages)
+
+    def recipe(self, order: Order) -> Recipe:
+        return Recipe(self.basis + tuple(s for i in order for s in self.units[i].stages))
+
+    def orders(self) -> list[Order]:
+        """Every permutation, in lexicographic order of the units' indices."""
+        return list(itertools.permutations(range(len(self.units))))
+
+    def describe(self, order: Order) -> str:
+        return " > ".join(str(self.units[i]) for i in order)
+
+
+_STARTS_METHOD = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*(:|>|$)")
+
+
+def split_methods(text: str) -> list[str]:
+    """`wanda:p=0.3, rtn:w=4,a=4,kv=4, sparsegpt:p=0.1` -> the three method texts.
+
+    ';' always separates. A ',' separates only where a method name follows (`, sparsegpt:...`, `, quarot`);
+    otherwise it separates the parameters of one method (`w=4,a=4`).
+    """
+    units: list[str] = []
+    for chunk in text.split(";"):
+        for item in chunk.split(","):
+            match = _STARTS_METHOD.match(item)
+            starts = match is not None and "=" not in item.split(":")[0]
+            if starts or not units or not units[-1].strip():
+                units.append(item)
+            else:
+                units[-1] += "," + item
+        units.append("")
+    return [u.strip() for u in units if u.strip()]
+
+
+def parse_method_set(text: str) -> MethodSet:
+    """A set of methods to order, as `pqqp order --methods` and a suite's `order_search.sets` write it."""
+    if not isinstance(text, str) or not text.strip():
+        raise PqqpError(f"method set {text!r} is empty: write methods separated by ', ' or ';', "
+                        f"e.g. 'wanda:p=0.3, rtn:w=4,a=4,kv=4, sparsegpt:p=0.1'")
+    recipes = [parse_recipe(t) for t in split_methods(text)]
+    basis: tuple[Method, ...] = ()
+    units = []
+    for recipe in recipes:
+        if not recipe.methods:
+            raise PqqpError(f"'{recipe}' in method set {text!r} compresses nothing: accepted pruners, quantizers, "
+                            f"sharing or tuning stages (a rotation goes with the method after it: 'quarot > rtn:w=4')")
+        if recipe.basis and basis and recipe.basis != basis:
+            raise PqqpError(f"method set {text!r} has two different rotations: accepted one shared rotation")
+        basis = recipe.basis or basis
+        units.append(Recipe(recipe.methods))
+    if len(units) < 2:
+        raise PqqpError(f"method set {text!r} has {len(units)} method: at least 2 are needed to order")
+    if len(set(units)) != len(units):
+        raise PqqpError(f"method set {text!r} names a method twice: accepted distinct methods")
+    if len(units) > 6:
+        raise PqqpError(f"method set {text!r} has {len(units)} methods: at most 6 (6! = 720 orders) are accepted")
+    return MethodSet(tuple(units), basis)
+
+
+def recommend(single_metrics: list[float]) -> Order:
+    """The intensity order: by decreasing single-method M (increasing CER), weakest first; a stable sort."""
+    for i, m in enumerate(single_metrics):
+        if math.isnan(m):
+            raise PqqpError(f"single-method metric {i} is nan: a finite metric (or -inf for a collapse) is required")
+    return tuple(sorted(range(len(single_metrics)), key=lambda i: -single_metrics[i]))
+
+
+@dataclass(frozen=True)
+class OrderOutcome:
+    """How the recommended order did among all orders of one method set (M is higher-is-better)."""
+
+    recommended: Order
+    metrics: tuple[tuple[Order, float], ...]  # every order with its M
+
+    @property
+    def best(self) -> Order:
+        return max(self.metrics, key=lambda om: om[1])[0]
+
+    @property
+    def best_metric(self) -> float:
+        return max(m for _, m in self.metrics)
+
+    def metric(self, order: Order) -> float:
+        return dict(self.metrics)[order]
+
+    @property
+    def rank(self) -> int:
+        """1 + the number of orders strictly better than the recommended one."""
+        mine = self.metric(self.recommended)
+        return 1 + sum(m > mine for _, m in self.metrics)
+
+    @property
+    def hit(self) -> bool:
+        return self.rank == 1
+
+    @property
+    def regret(self) -> float:
+        """M(best order) - M(recommended order) >= 0: what following the rule lost."""
+        return self.best_metric - self.metric(self.recommended)
+
+    @property
+    def random_hit_rate(self) -> float:
+        """The chance that a uniformly random order is a best one."""
+        return sum(m == self.best_metric for _, m in self.metrics) / len(self.metrics)
+
+    @property
+    def random_regret(self) -> float:
+        """The expected regret of a uniformly random order (exact: the mean over all orders)."""
+        return sum(self.best_metric - m for _, m in self.metrics) / len(self.metrics)
+
+
+def outcome(recommended: Order, metrics: dict[Order, float]) -> OrderOutcome:
+    n = len(recommended)
+    if sorted(recommended) != list(range(n)):
+        raise PqqpError(f"recommended order {recommended} is not a permutation of 0..{n - 1}")
+    missing = [o for o in itertools.permutations(range(n)) if o not in metrics]
+    if missing:
+        raise PqqpError(f"orders {missing[:3]} have no metric: all {math.factorial(n)} orders are needed")
+    for order, m in metrics.items():
+        if math.isnan(m):
+            raise PqqpError(f"order {order} has metric nan: finite metrics (or -inf for a collapse) are required")
+    return OrderOutcome(tuple(recommended), tuple(sorted(metrics.items())))
+
+
+@dataclass(frozen=True)
+class OrderSummary:
+    """The rule over many method sets: how often it picks a best order, and its mean regret, vs random."""
+
+    sets: int
+    hit_rate: float
+    mean_regret: float
+    random_hit_rate: float
+    random_regret: float
+    mean_rank: float
+
+
+def summarize(outcomes: list[OrderOutcome]) -> OrderSummary:
+    if not outcomes:
+        raise PqqpError("no method set has all its orders measured: nothing to summarize")
+    n = len(outcomes)
+    return OrderSummary(n, sum(o.hit for o in outcomes) / n, sum(o.regret for o in outcomes) / n,
+                        sum(o.random_hit_rate for o in outcomes) / n, sum(o.random_regret for o in outcomes) / n,
+                        sum(o.rank for o in outcomes) / n)
+
+
+def cost_ratio(n: int) -> float:
+    """Joint compressions an exhaustive search runs (n!) per single-method run the rule needs (n)."""
+    return math.factorial(n) / n
