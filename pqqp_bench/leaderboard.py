@@ -9,6 +9,11 @@ orders with A(Q->P) (Def. 4) and the CER difference x = C*_P - C_Q; the Hypothes
 quantizer, p); and two plots, A(Q->P) against x with an exponential fit per p (the layout of Fig. 3/4: one
 panel per pruner x quantizer) and the metric against the total compression ratio in both orders. Across
 models: a ranking of (pruner, quantizer, order) by metric within groups of equal achieved total ratio.
+
+Suites with general pipelines (§5.4) add, per family, the table of A(first -> second) against the intensity gap
+x with its verdict, and a plot of A against x (one panel per family). Suites with an order search (App. D.7)
+add the intensity rule's recommendation, rank and regret per method set against a random order, the summary
+over all sets (the measured claim), and a plot of the rule's regret next to a random order's.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ from . import __version__
 from .errors import PqqpError
 from .hypothesis import CER, Point, oriented, quant_ratio
 from .measure import METRIC, Bench, Missing
-from .report import Verdict, fmt, trend, verdict
+from .ordering import OrderOutcome, summarize
+from .report import PipelineVerdict, Verdict, fmt, order_outcomes, pipeline_verdict, summary_text, trend, verdict
 from .spec import Recipe
 from .store import Measurement
-from .suite import ORDERS, Case, HypothesisSpec, Suite, compact
+from .suite import ORDERS, Case, HypothesisSpec, OrderSpec, PipelineSpec, Suite, compact
 
 MISSING = "missing"
 PANEL_INCHES = (4.8, 3.6)
@@ -119,6 +125,8 @@ class ModelBoard:
     joints: tuple[Joint, ...]
     verdicts: tuple[tuple[HypothesisSpec, Verdict | None], ...]
     speeds: tuple["Speed", ...] = ()
+    pipelines: tuple[tuple[PipelineSpec, PipelineVerdict | None], ...] = ()
+    orders: tuple[tuple[OrderSpec, OrderOutcome], ...] = ()
 
     @property
     def slug(self) -> str:
@@ -181,7 +189,9 @@ def collect(bench: Bench, model: str) -> ModelBoard:
     verdicts = tuple((h, lookup(verdict, bench, h)) for h in s.hypotheses() if h.model == model)
     speeds = tuple(Speed(c.recipe, stored_speed(bench, model, c.recipe), stored(bench, model, c.recipe))
                    for c in (s.throughput.cases(model) if s.throughput else ()))
-    return ModelBoard(model, stored(bench, model, Recipe(())), pruned, quantized, joints, verdicts, speeds)
+    pipelines = tuple((spec, lookup(pipeline_verdict, bench, spec)) for spec in s.pipeline_specs() if spec.model == model)
+    return ModelBoard(model, stored(bench, model, Recipe(())), pruned, quantized, joints, verdicts, speeds,
+                      pipelines, tuple(order_outcomes(bench, model)))
 
 
 def collect_all(bench: Bench) -> list[ModelBoard]:
@@ -356,11 +366,49 @@ def throughput_report(bench: Bench) -> str:
     return "\n\n".join(throughput_table(collect(bench, model), bench.suite).markdown() for model in bench.suite.models)
 
 
+def pipeline_tables(board: ModelBoard) -> list[Table]:
+    tables = []
+    for spec, v in board.pipelines:
+        f = spec.family
+        title = f"Pipeline {f.name}" + (f" ({f.figure})" if f.figure else "")
+        if v is None:
+            tables.append(Table(title, ("point", "x", "first", "second", "A(first→second)"),
+                                tuple((pt.label, f"{pt.x:g}", str(pt.first), str(pt.second), MISSING) for pt in f.points)))
+            continue
+        rows = tuple((label, f"{x:g}", str(pt.first), number(first), str(pt.second), number(second),
+                      f"{number(a, 4)} ± {number(se, 2)}", "collapsed" if c else "")
+                     for pt, (label, x, first, second, a, se, c) in zip(f.points, v.rows))
+        res = v.result
+        tables.append(Table(title, ("point", "x", "first", "ppl", "second", "ppl", "A(first→second)", ""), rows,
+                            f"x = {f.x_label}; first puts the weaker stage earlier. A = M(first) − M(second) = "
+                            f"ppl(second) − ppl(first) ± paired-bootstrap stderr. Verdict: **{v.status}** (A "
+                            f"non-decreasing in x within {v.sigmas:g} stderr; Spearman {fmt(res.spearman, 3)}, "
+                            f"{len(res.violations)} violation(s), {len(res.excluded)} collapsed point(s) not judged)."
+                            + (f" {f.description}" if f.description else "")))
+    return tables
+
+
+def order_tables(board: ModelBoard) -> list[Table]:
+    if not board.orders:
+        return []
+    rows = tuple((str(i), spec.methods.name, spec.methods.describe(r.recommended), spec.methods.describe(r.best),
+                  f"{r.rank}/{len(r.metrics)}", number(-r.metric(r.recommended)), number(-r.best_metric),
+                  number(r.regret, 4), number(r.random_regret, 4)) for i, (spec, r) in enumerate(board.orders, 1))
+    summary = summarize([r for _, r in board.orders])
+    return [Table("Order search: the intensity rule against every order",
+                  ("#", "methods", "recommended (weakest first)", "best measured", "rank", "ppl recommended", "ppl best",
+                   "regret", "random-order regret"), rows,
+                  f"The rule orders methods by increasing CER from their single runs alone (n runs, not n!). "
+                  f"Regret: ppl lost against the best order; a random order's is the mean over all orders. "
+                  f"Summary: {summary_text(summary)}.")]
+
+
 def model_tables(board: ModelBoard, suite: Suite) -> list[Table]:
     tables = [dense_table(board)]
     if has_grid(suite):
         tables += [quantized_table(board), pruned_table(board, suite.quantizers), joint_table(board),
                    verdict_table(board, suite.noise_sigmas)]
+    tables += pipeline_tables(board) + order_tables(board)
     return tables + ([throughput_table(board, suite)] if suite.throughput else [])
 
 
@@ -370,7 +418,16 @@ def has_grid(suite: Suite) -> bool:
 
 
 def plots(suite: Suite) -> tuple:
-    return PLOTS if has_grid(suite) else ()
+    """(kind, function, alt text, (width, height) in pixels) of every plot the suite has."""
+    grid = figure_pixels(len(suite.pruners), len(suite.quantizers))
+    found = tuple((*plot, grid) for plot in PLOTS) if has_grid(suite) else ()
+    if suite.pipelines:
+        found += (("pipelines", plot_pipelines, "A(first→second) against each family's intensity gap x (§5.4)",
+                   figure_pixels(1, len(suite.pipelines))),)
+    if suite.order_search:
+        found += (("orders", plot_orders, "the intensity rule's regret per method set next to a random order's",
+                   figure_pixels(1, 1)),)
+    return found
 
 
 # -------------------------------------------------------------------------------------------------- plots
@@ -465,6 +522,54 @@ def plot_ratio(board: ModelBoard, suite: Suite, path: Path) -> None:
         save(fig, path)
 
 
+def plot_pipelines(board: ModelBoard, suite: Suite, path: Path) -> None:
+    """A(first -> second) against x, one panel per family (Figs. 7-10's layout); hollow: collapsed."""
+    from matplotlib import style
+    from matplotlib.figure import Figure
+
+    width, height = figure_pixels(1, len(suite.pipelines))
+    with style.context("default"):
+        fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+        axes = fig.subplots(1, len(suite.pipelines), squeeze=False)[0]
+        for ax, (spec, v) in zip(axes, board.pipelines):
+            ax.set_title(f"{spec.family.name}" + (f" ({spec.family.figure})" if spec.family.figure else ""), fontsize=9)
+            ax.grid(True, alpha=0.3)
+            ax.axhline(0.0, color="0.5", linewidth=0.8)
+            if v is not None:
+                for collapsed, face in ((False, "C0"), (True, "none")):
+                    rows = [r for r in v.rows if r[6] == collapsed]
+                    if rows:
+                        ax.errorbar([r[1] for r in rows], [r[4] for r in rows], yerr=[r[5] for r in rows], fmt="o-"
+                                    if not collapsed else "o", color="C0", markerfacecolor=face, capsize=2)
+            ax.set_xlabel(spec.family.x_label, fontsize=8)
+            ax.set_ylabel("A(first→second) = ΔM")
+        fig.suptitle(f"{board.model}: general pipelines, weaker stage first vs swapped", fontsize=10)
+        save(fig, path)
+
+
+def plot_orders(board: ModelBoard, suite: Suite, path: Path) -> None:
+    """Per method set: the rule's regret and a random order's expected regret (ppl lost vs the best order)."""
+    import numpy as np
+    from matplotlib import style
+    from matplotlib.figure import Figure
+
+    width, height = figure_pixels(1, 1)
+    with style.context("default"):
+        fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+        ax = fig.subplots()
+        index = np.arange(len(board.orders))
+        ax.bar(index - 0.2, [r.regret for _, r in board.orders], 0.4, label="intensity rule")
+        ax.bar(index + 0.2, [r.random_regret for _, r in board.orders], 0.4, label="random order (mean)")
+        ax.set_xticks(index, [str(i + 1) for i in index])
+        ax.set_xlabel("method set (as numbered in the table)")
+        ax.set_ylabel("regret: ppl lost vs the best order")
+        ax.grid(True, axis="y", alpha=0.3)
+        if board.orders:
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{board.model}: order search", fontsize=10)
+        save(fig, path)
+
+
 PLOTS = (("advantage", plot_advantage, "A(Q→P) against the CER difference, exponential fit per p (Fig. 3/4)"),
          ("ratio", plot_ratio, "perplexity against the total compression ratio, both orders"))
 
@@ -503,7 +608,7 @@ def markdown(boards: list[ModelBoard], suite: Suite, *, images: bool) -> str:
         parts.append(f"### {board.model}")
         parts += [t.markdown() for t in model_tables(board, suite)]
         if images:
-            parts += [f"![{text}]({image_name(kind, board)})" for kind, _, text in plots(suite)]
+            parts += [f"![{text}]({image_name(kind, board)})" for kind, _, text, _ in plots(suite)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -514,7 +619,7 @@ def index(boards: list[ModelBoard], source: Provenance) -> str:
             f"measurements (content digest `{source.digest}`) with\n\n```bash\n{source.command}\n```\n\n"
             "Files: [leaderboard.md](leaderboard.md) (tables), [leaderboard.html](leaderboard.html) (tables and "
             "plots), "
-            + ", ".join(f"[{image_name(kind, b)}]({image_name(kind, b)})" for b in boards for kind, _, _ in plots(s))
+            + ", ".join(f"[{image_name(kind, b)}]({image_name(kind, b)})" for b in boards for kind, _, _, _ in plots(s))
             + ". Missing measurements are shown as `missing`; nothing is computed while building.\n\n## Tables\n\n")
     return head + markdown(boards, s, images=True)
 
@@ -534,9 +639,8 @@ def html_page(boards: list[ModelBoard], source: Provenance) -> str:
     for board in boards:
         body.append(f'<section id="{board.slug}">\n<h2>{html.escape(board.model)}</h2>')
         body += [t.html() for t in model_tables(board, s)]
-        width, height = figure_pixels(len(s.pruners), len(s.quantizers))
-        body += [f'<img src="{image_name(kind, board)}" alt="{html.escape(text)}" width="{width}" height="{height}">'
-                 for kind, _, text in plots(s)]
+        body += [f'<img src="{image_name(kind, board)}" alt="{html.escape(text)}" width="{w}" height="{h}">'
+                 for kind, _, text, (w, h) in plots(s)]
         body.append("</section>")
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f"<title>pqqp-bench leaderboard: {html.escape(s.name)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
@@ -558,7 +662,7 @@ def build(bench: Bench, out: Path, command: str) -> list[Path]:
         (out / name).write_text(text, encoding="utf-8")
         written.append(out / name)
     for board in boards:
-        for kind, plot, _ in plots(bench.suite):
+        for kind, plot, _, _ in plots(bench.suite):
             plot(board, bench.suite, out / image_name(kind, board))
             written.append(out / image_name(kind, board))
     return written

@@ -179,3 +179,22 @@ def test_suite_tests_run_end_to_end(tmp_path: Path, model_dir: Path, text_file: 
         assert any(test in line and line.split()[0] in ("PASSED", "FAILED") for line in out.splitlines()), out
     assert "Order search: the intensity rule" in out and "Pipeline " in out, out
     assert "ERROR" not in out.split("short test summary")[-1], out
+
+
+def test_leaderboard_shows_pipelines_and_the_order_search(suite: Suite, tmp_path: Path) -> None:
+    from pqqp_bench.leaderboard import build
+
+    with Store(tmp_path / "s.sqlite") as store:
+        bench = Bench(suite, store, progress=False)
+        for case in suite.cases():
+            bench.measure_case(case)
+        lookup = Bench(suite, store, lookup_only=True, progress=False)
+        first = {p.name: p.read_bytes() for p in build(lookup, tmp_path / "a", "cmd")}
+        second = {p.name: p.read_bytes() for p in build(lookup, tmp_path / "b", "cmd")}
+    assert first == second  # byte-identical rebuilds
+    text = first["leaderboard.md"].decode()
+    assert "Pipeline multistage (Fig. 7)" in text and "Verdict: **" in text
+    assert "Order search: the intensity rule against every order" in text and "intensity rule over 1 method sets" in text
+    pngs = [name for name in first if name.endswith(".png")]
+    assert sorted(name.split("-")[0] for name in pngs) == ["orders", "pipelines"]
+    assert all(first[name][:8] == b"\x89PNG\r\n\x1a\n" and len(first[name]) > 5000 for name in pngs)
