@@ -13,6 +13,7 @@ quantized activations and KV cache, and breaks score ties by the weight's magnit
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -47,7 +48,8 @@ class CompressionReport:
     """What a recipe asked for next to what it achieved, per Linear and in total, with timings.
 
     `dense_numel` counts the decoder Linear weights before compression, so removed blocks (SLEB) count as
-    pruned; `structure` holds what model-scope stages recorded (removed blocks, rotations). `grids` holds the
+    pruned; `structure` holds what model-scope stages recorded (removed blocks, rotations, shared bases: a `share`
+    entry, dense / stored parameters, multiplies into the achieved total). `grids` holds the
     weight grid each quantized Linear ended on (by the `LinearRecord` name, `blocks.<i>.<linear>`): what an
     export to integer formats needs to write the very weights that were evaluated. It is not part of `as_dict`.
     """
@@ -71,6 +73,7 @@ class CompressionReport:
         mean_bits = sum((r.w_bits or B_ORIG) * r.numel for r in self.linears) / present
         prune = 1.0 / (1.0 - sparsity)
         quant = B_ORIG / mean_bits
+        share = math.prod(s.get("share", 1.0) for s in self.structure)  # sharing stages' C_S (dense / stored)
         return {
             "sparsity": sparsity,
             "zero_fraction": zeros,
@@ -79,7 +82,8 @@ class CompressionReport:
             "kv_bits": max(set(self.kv_bits) - {None}, default=None),
             "prune": prune,
             "quant": quant,
-            "total": prune * quant,
+            "total": prune * quant * share,
+            **({"share": share} if share != 1.0 else {}),
         }
 
     def as_dict(self) -> dict:

@@ -11,11 +11,12 @@ from .gptq import GPTQ
 from .prune import Magnitude, Pruner, Wanda
 from .quarot import QuaRot
 from .rtn import RTN, Quantizer
+from .share import Share
 from .sleb import SLEB
 from .sparsegpt import SparseGPT
 
 METHODS: Mapping[str, type[Method]] = MappingProxyType(
-    {m.name: m for m in (Magnitude, Wanda, SparseGPT, SLEB, RTN, GPTQ, QuaRot)}
+    {m.name: m for m in (Magnitude, Wanda, SparseGPT, SLEB, RTN, GPTQ, QuaRot, Share)}
 )
 
 
