@@ -376,10 +376,10 @@ def pipeline_tables(board: ModelBoard) -> list[Table]:
                                 tuple((pt.label, f"{pt.x:g}", str(pt.first), str(pt.second), MISSING) for pt in f.points)))
             continue
         rows = tuple((label, f"{x:g}", str(pt.first), number(first), str(pt.second), number(second),
-                      f"{number(a, 4)} ± {number(se, 2)}", "collapsed" if c else "")
-                     for pt, (label, x, first, second, a, se, c) in zip(f.points, v.rows))
+                      f"{number(a, 4)} ± {number(se, 2)}", "collapsed" if c else "", alone)
+                     for pt, (label, x, first, second, a, se, c, alone) in zip(f.points, v.rows))
         res = v.result
-        tables.append(Table(title, ("point", "x", "first", "ppl", "second", "ppl", "A(first→second)", ""), rows,
+        tables.append(Table(title, ("point", "x", "first", "ppl", "second", "ppl", "A(first→second)", "", "alone"), rows,
                             f"x = {f.x_label}; first puts the weaker stage earlier. A = M(first) − M(second) = "
                             f"ppl(second) − ppl(first) ± paired-bootstrap stderr. Verdict: **{v.status}** (A "
                             f"non-decreasing in x within {v.sigmas:g} stderr; Spearman {fmt(res.spearman, 3)}, "

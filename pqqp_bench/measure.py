@@ -354,8 +354,9 @@ class Bench:
             estimate, first, second = self.compare(spec.model, pt.first, pt.second)
             collapsed = is_collapsed_metric(self.suite.metric, first + second, dense, self.suite.max_ppl_ratio)
             point = Point(0.0, 0, 0.0, CER(pt.x), estimate.value, estimate.stderr, collapsed)
+            alone = [(str(r), self.mean_value(spec.model, r)) for r in pt.alone]
             points.append((point, {"first": first, "second": second, "dense": dense, "label": pt.label,
-                                   "estimate": estimate}))
+                                   "estimate": estimate, "alone": alone}))
         return points
 
     def order_outcome(self, spec: OrderSpec, exhaustive: bool = True) -> tuple[OrderOutcome | None, dict]:

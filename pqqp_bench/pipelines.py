@@ -20,6 +20,7 @@ then also says A >= 0 at every x > 0, which is what Figs. 7-10 show ("stronger p
         points:
           - {x: 0.0, p1: 0.15, p2: 0.15}
           - {x: 0.1, p1: 0.1, p2: 0.2}
+        alone: ["sparsegpt:p=0.3", "gptq:w=4,g=64"]   # optional: stages measured alone, shown beside each point
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 from .errors import PqqpError
 from .spec import Recipe, parse_recipe
 
-FAMILY_KEYS = ("figure", "x", "first", "second", "points", "description")
+FAMILY_KEYS = ("figure", "x", "first", "second", "points", "alone", "description")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class PipelinePoint:
     first: Recipe
     second: Recipe
     values: tuple[tuple[str, str], ...] = ()
+    alone: tuple[Recipe, ...] = ()  # single stages measured for reference (which one is the stronger)
 
     @property
     def label(self) -> str:
@@ -60,7 +62,7 @@ class Pipeline:
 
     def recipes(self) -> list[Recipe]:
         """Every distinct recipe of the family, in point order."""
-        return list(dict.fromkeys(r for pt in self.points for r in (pt.first, pt.second)))
+        return list(dict.fromkeys(r for pt in self.points for r in (*pt.alone, pt.first, pt.second)))
 
 
 def fill(template: str, values: dict[str, Any], where: str) -> Recipe:
@@ -109,7 +111,10 @@ def pipeline_family(name: str, raw: Any) -> Pipeline:
             raise PqqpError(f"{at}: first and second are the same recipe '{first}' at x={x:g}: only x = 0 may "
                             f"compare a recipe with itself")
         shown = tuple((str(k), format_number(v)) for k, v in values.items() if k != "x")
-        points.append(PipelinePoint(x, first, second, shown))
+        alone = raw.get("alone") or []
+        if not isinstance(alone, list):
+            raise PqqpError(f"bad value {where}.alone={alone!r}: accepted a list of recipe templates")
+        points.append(PipelinePoint(x, first, second, shown, tuple(fill(str(t), values, at) for t in alone)))
     xs = [pt.x for pt in points]
     if len(set(xs)) != len(xs):
         raise PqqpError(f"{where} repeats x values {sorted(xs)}: give each point of a family its own x")

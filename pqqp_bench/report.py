@@ -143,7 +143,7 @@ class PipelineVerdict:
 
     spec: PipelineSpec
     result: Monotonicity
-    rows: tuple[tuple, ...]  # (label, x, metric first, metric second, A, stderr, collapsed)
+    rows: tuple[tuple, ...]  # (label, x, metric first, metric second, A, stderr, collapsed, alone text)
     sigmas: float
 
     @property
@@ -158,8 +158,8 @@ class PipelineVerdict:
         head = (f"{f.figure + ': ' if f.figure else ''}A(first -> second) = M(first) - M(second) against x = {f.x_label}; "
                 f"first = the weaker stage earlier")
         table = tabulate([(label, fmt(x, 4), fmt(a_first, 5), fmt(a_second, 5), fmt(a, 4), fmt(se, 2),
-                           "collapsed" if c else "") for label, x, a_first, a_second, a, se, c in self.rows],
-                         headers=["point", "x", f"{metric} first", f"{metric} second", "A", "stderr", ""])
+                           "collapsed" if c else "", alone) for label, x, a_first, a_second, a, se, c, alone in self.rows],
+                         headers=["point", "x", f"{metric} first", f"{metric} second", "A", "stderr", "", "alone"])
         res = self.result
         text = f"{head}\n{table}\nSpearman {fmt(res.spearman, 3)}, Kendall {fmt(res.kendall, 3)} over {res.n_points} " \
                f"points (collapsed, excluded: {len(res.excluded)}); A > 0 at {sum(r[4] > 0 for r in self.rows)} of " \
@@ -176,7 +176,8 @@ def mean(values: Sequence[float]) -> float:
 
 def pipeline_verdict(bench: Bench, spec: PipelineSpec) -> PipelineVerdict:
     points = bench.pipeline_points(spec)
-    rows = tuple((d["label"], pt.x, mean(d["first"]), mean(d["second"]), pt.advantage, pt.stderr, pt.collapsed)
+    rows = tuple((d["label"], pt.x, mean(d["first"]), mean(d["second"]), pt.advantage, pt.stderr, pt.collapsed,
+                  "; ".join(f"{r} {fmt(v, 5)}" for r, v in d["alone"]))
                  for pt, d in points)
     sigmas = bench.suite.noise_sigmas
     return PipelineVerdict(spec, monotonicity([pt for pt, _ in points], sigmas=sigmas), rows, sigmas)

@@ -28,6 +28,7 @@ MULTISTAGE = {"multistage": {
     "x": "p2 - p1", "figure": "Fig. 7",
     "first": "wanda:p={p1} > rtn:w=4 > wanda:p={p2}", "second": "wanda:p={p2} > rtn:w=4 > wanda:p={p1}",
     "points": [{"x": 0.0, "p1": 0.2, "p2": 0.2}, {"x": 0.2, "p1": 0.1, "p2": 0.3}, {"x": 0.4, "p1": 0.0, "p2": 0.4}],
+    "alone": ["wanda:p={p2}"],
 }}
 
 
@@ -61,7 +62,8 @@ def test_pipeline_section_fills_templates_and_refuses_bad_families() -> None:
     (family,) = pipelines_section(MULTISTAGE)
     assert [str(pt.first) for pt in family.points][1] == "wanda:p=0.1 > rtn:w=4 > wanda:p=0.3"
     assert family.points[0].first == family.points[0].second  # the x = 0 anchor
-    assert len(family.recipes()) == 5
+    assert len(family.recipes()) == 8  # 5 pipelines and 3 single stages measured alone
+    assert [str(r) for pt in family.points for r in pt.alone] == ["wanda:p=0.2", "wanda:p=0.3", "wanda:p=0.4"]
     bad = {"f": {**MULTISTAGE["multistage"], "first": "wanda:p={q}"}}
     with pytest.raises(PqqpError, match=r"uses \{q\}"):
         pipelines_section(bad)
@@ -119,10 +121,11 @@ def test_pipeline_points_are_paired_advantages(suite: Suite, tmp_path: Path) -> 
     verdict = pipeline_verdict(bench, spec)
     anchor, *rest = verdict.rows
     assert anchor[4] == 0.0 and anchor[5] == 0.0  # x = 0: one recipe compared with itself
-    for label, x, first, second, a, se, _ in rest:
+    for label, x, first, second, a, se, _, _ in rest:
         assert a == pytest.approx(second - first, rel=1e-9)  # M = -ppl: A = ppl(second) - ppl(first)
         assert se > 0
     assert verdict.status in ("holds", "VIOLATED") and "Fig. 7" in verdict.evidence()
+    assert anchor[7].startswith("wanda:p=0.2 ") and verdict.rows[2][7].startswith("wanda:p=0.4 ")
 
 
 def test_order_outcome_ranks_the_recommendation_among_all_orders(suite: Suite, tmp_path: Path) -> None:
