@@ -21,7 +21,7 @@ def randn(*shape: int, seed: int = 0) -> torch.Tensor:
 def test_registry_declares_kind_granularity_ratio_and_calibration() -> None:
     assert set(METHODS) >= {"magnitude", "wanda", "rtn"}
     for cls in METHODS.values():
-        assert cls.kind in ("prune", "quant", "transform") and cls.granularity and isinstance(cls.needs_calibration, bool)
+        assert cls.kind in ("prune", "quant", "transform", "share", "tune") and cls.granularity and isinstance(cls.needs_calibration, bool)
         assert cls.scope in ("layer", "model")
     assert Wanda(p=0.75).ratio() == pytest.approx(4.0)
     assert Magnitude(nm=(2, 4)).ratio() == pytest.approx(2.0)
