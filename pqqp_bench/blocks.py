@@ -26,7 +26,21 @@ def decoder_blocks(model: PreTrainedModel) -> nn.ModuleList:
 
 
 def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
-    return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
+    """The block's Linears by name. A Linear that an adapter wraps (peft's LoRA layer, whose `base_layer` it
+    is) is given under the wrapper's name, and the adapter's own Linears are left out: masks, grids, statistics
+    and activation quantizers concern the compressed base weights, whatever trains beside them."""
+    linears: dict[str, nn.Linear] = {}
+    wrapped: set[int] = set()
+    for name, module in block.named_modules():
+        if id(module) in wrapped:
+            continue
+        base = getattr(module, "base_layer", None)
+        if isinstance(base, nn.Linear) and not isinstance(module, nn.Linear):
+            linears[name] = base
+            wrapped.update(id(m) for m in module.modules())
+        elif isinstance(module, nn.Linear):
+            linears[name] = module
+    return linears
 
 
 def block_attention(block: nn.Module) -> nn.Module | None:

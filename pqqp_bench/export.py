@@ -16,7 +16,8 @@ Which format a case gets depends on what its recipe left in the model (`plan`):
 
 Each export says what vLLM will not reproduce (`Export.notes`): unquantized activations or KV cache, and the
 cast of float weights to the serving dtype. QuaRot's online rotations have no vLLM equivalent, so a recipe
-with `quarot` is refused rather than exported as a different model.
+with `quarot` is refused rather than exported as a different model; so is one with `lora`, whose adapters stay
+beside the compressed weights (merged, they would undo its pruning and quantization).
 
 Scales are written in float32 whatever the dtype (vLLM casts them to its own parameter dtype on load); the
 integer weights are exact. `compressed-tensors` is imported only for the W8A8 format.
@@ -106,6 +107,9 @@ def plan(model: "PreTrainedModel", report: "CompressionReport") -> tuple[str, tu
     if any(s["stage"].startswith("quarot") for s in report.structure):
         raise PqqpError(f"recipe '{report.recipe}' cannot be exported for vLLM: quarot's online rotations have no "
                         f"vLLM equivalent; accepted recipes of pruners (magnitude, wanda, sparsegpt, sleb), rtn, gptq")
+    if any(s["stage"].partition(":")[0] == "lora" for s in report.structure):
+        raise PqqpError(f"recipe '{report.recipe}' cannot be exported for vLLM: its LoRA adapters stay unmerged beside "
+                        f"the compressed weights; accepted recipes of pruners (magnitude, wanda, sparsegpt, sleb), rtn, gptq")
     linears = decoder_linears(model, report)
     grids = [q.grid for q in linears]
     a_bits = {q.a_bits for q in linears}

@@ -3,6 +3,9 @@
 Weights and activations use a symmetric signed grid with levels -2^(B-1) .. 2^(B-1)-1 and scale
 `clip * absmax / (2^(B-1)-1)`, so zero is exactly representable and pruned weights stay zero. The KV cache
 uses an asymmetric grid per (token, head), as in QuaRot (Ashkboos et al. 2024, §4).
+
+Where a recovery stage trains through the quantized model (LoRA), activation and KV rounding pass gradients
+straight through (the STE of Bengio et al. 2013); without a graph to build, they compute exactly what they did.
 """
 
 from __future__ import annotations
@@ -23,21 +26,40 @@ def qmax_of(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
+class StraightThrough(torch.autograd.Function):
+    """The rounded values forward, the identity's gradient backward (straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
+        return rounded
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def straight_through(x: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
+    """`rounded` (computed from `x.detach()`), differentiable as if it were `x` where a graph is being built."""
+    return StraightThrough.apply(x, rounded) if torch.is_grad_enabled() and x.requires_grad else rounded
+
+
 def fake_quant_symmetric(x: torch.Tensor, bits: int, clip: torch.Tensor | float = 1.0) -> torch.Tensor:
     """Round `x` to the symmetric B-bit grid whose scale is set by the absmax of its last dim."""
     qmax = qmax_of(bits)
-    scale = (x.abs().amax(dim=-1, keepdim=True) * clip).clamp(min=TINY) / qmax
-    return (x / scale).round().clamp(-qmax - 1, qmax) * scale
+    v = x.detach()
+    scale = (v.abs().amax(dim=-1, keepdim=True) * clip).clamp(min=TINY) / qmax
+    return straight_through(x, (v / scale).round().clamp(-qmax - 1, qmax) * scale)
 
 
 def fake_quant_asymmetric(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Round `x` to the unsigned B-bit grid spanning [min, max] of its last dim (zero kept exact)."""
     levels = 2**bits - 1
-    low = x.amin(dim=-1, keepdim=True).clamp(max=0)
-    high = x.amax(dim=-1, keepdim=True).clamp(min=0)
+    v = x.detach()
+    low = v.amin(dim=-1, keepdim=True).clamp(max=0)
+    high = v.amax(dim=-1, keepdim=True).clamp(min=0)
     scale = (high - low).clamp(min=TINY) / levels
     zero = (-low / scale).round()
-    return ((x / scale).round() + zero).clamp(0, levels).sub(zero).mul(scale)
+    return straight_through(x, ((v / scale).round() + zero).clamp(0, levels).sub(zero).mul(scale))
 
 
 def grouped(weight: torch.Tensor, group: int | None) -> torch.Tensor:
