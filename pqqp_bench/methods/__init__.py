@@ -8,6 +8,7 @@ from typing import Mapping
 from ..errors import PqqpError
 from .base import B_ORIG, LayerWork, Method, Param
 from .gptq import GPTQ
+from .mpq import MPQ
 from .prune import Magnitude, Pruner, Wanda
 from .quarot import QuaRot
 from .rtn import RTN, Quantizer
@@ -15,7 +16,7 @@ from .sleb import SLEB
 from .sparsegpt import SparseGPT
 
 METHODS: Mapping[str, type[Method]] = MappingProxyType(
-    {m.name: m for m in (Magnitude, Wanda, SparseGPT, SLEB, RTN, GPTQ, QuaRot)}
+    {m.name: m for m in (Magnitude, Wanda, SparseGPT, SLEB, RTN, GPTQ, MPQ, QuaRot)}
 )
 
 
