@@ -179,6 +179,21 @@ def block_work(block: nn.Module, index: int, works: dict[int, LayerWork], seed: 
     return work
 
 
+def adopt_weight_grids(model: PreTrainedModel, result: dict, works: dict[int, LayerWork], seed: int) -> None:
+    """Move what a model-scope quantizer hands back out of its `result` into the block works: `bits` (weight bits)
+    and `grids` (WeightGrid), each keyed by `blocks.<i>.<linear>`. Later stages then keep those grids, and
+    `record()` reports the bits and checks that the weights sit on the grids, as for a layer-scope quantizer."""
+    bits, grids = result.pop("bits", {}), result.pop("grids", {})
+    blocks = decoder_blocks(model)
+    for path in dict.fromkeys([*bits, *grids]):
+        _, index, name = path.split(".", 2)
+        work = block_work(blocks[int(index)], int(index), works, seed)
+        if path in bits:
+            work.bits.setdefault(name, {})["w"] = bits[path]
+        if path in grids:
+            work.grids[name] = grids[path]
+
+
 def layer_pass(
     model: PreTrainedModel, stages: tuple[Method, ...], calibration: torch.Tensor | None, device: torch.device,
     works: dict[int, LayerWork], seconds: dict[str, float], progress: bool, seed: int,
@@ -243,7 +258,9 @@ def compress(
             layer_pass(model, run, calibration, device, works, report.seconds, progress, seed)
             continue
         start = time.perf_counter()
-        report.structure.append({"stage": run[0].canonical(), **run[0].apply_model(model, calibration, device, seed, progress=progress)})
+        result = run[0].apply_model(model, calibration, device, seed, progress=progress)
+        adopt_weight_grids(model, result, works, seed)
+        report.structure.append({"stage": run[0].canonical(), **result})
         report.seconds[run[0].canonical()] = time.perf_counter() - start
     for index, block in enumerate(decoder_blocks(model)):
         work = block_work(block, index, works, seed)

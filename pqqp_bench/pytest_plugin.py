@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 SUITE = pytest.StashKey["Suite"]()
 GATE_REPORT = pytest.StashKey[str]()
-SLOW_METHODS = ("sparsegpt", "gptq", "sleb", "share", "lora")
+SLOW_METHODS = ("sparsegpt", "gptq", "sleb", "share", "lora", "mpq")
 
 # option -> help; each overrides the suite key of the same name (lists: comma-separated; templates with
 # parameters: separated by ';')

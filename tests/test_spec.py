@@ -35,7 +35,7 @@ def test_ratios_follow_the_paper_definitions() -> None:
 @pytest.mark.parametrize(
     "text, fragment",
     [
-        ("foo:p=0.5", "unknown method 'foo': accepted gptq, lora, magnitude, quarot, rtn, share, sleb, sparsegpt, wanda"),
+        ("foo:p=0.5", "unknown method 'foo': accepted gptq, lora, magnitude, mpq, quarot, rtn, share, sleb, sparsegpt, wanda"),
         ("wanda:p=1.0", "p='1.0'"),
         ("wanda:p=-0.1", "p='-0.1'"),
         ("wanda:p=abc", "accepted a float in [0, 1)"),

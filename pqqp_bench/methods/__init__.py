@@ -9,6 +9,7 @@ from ..errors import PqqpError
 from .base import B_ORIG, LayerWork, Method, Param
 from .gptq import GPTQ
 from .lora import LoRA
+from .mpq import MPQ
 from .prune import Magnitude, Pruner, Wanda
 from .quarot import QuaRot
 from .rtn import RTN, Quantizer
@@ -17,7 +18,7 @@ from .sleb import SLEB
 from .sparsegpt import SparseGPT
 
 METHODS: Mapping[str, type[Method]] = MappingProxyType(
-    {m.name: m for m in (Magnitude, Wanda, SparseGPT, SLEB, RTN, GPTQ, QuaRot, Share, LoRA)}
+    {m.name: m for m in (Magnitude, Wanda, SparseGPT, SLEB, RTN, GPTQ, MPQ, QuaRot, Share, LoRA)}
 )
 
 

@@ -197,7 +197,9 @@ class Method:
 
     def apply_model(self, model: Any, calibration: torch.Tensor | None, device: torch.device, seed: int,
                     progress: bool = True) -> dict:
-        """Model-scope methods: change the whole model; return what the report should record."""
+        """Model-scope methods: change the whole model; return what the report should record. A quantizer also
+        returns its per-Linear `bits` and `grids` there, which the engine moves into the block works
+        (`compress.adopt_weight_grids`)."""
         raise NotImplementedError
 
     def validate(self, linears: dict[str, nn.Linear]) -> None:
