@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 SUITE_KEYS = ("corpus", "seqlen", "calib_samples", "eval_tokens", "holdout", "batch_size", "device")
 GRID_FLAGS = ("pruners", "quantizers", "ratios", "bits", "orders", "curve_bits", "seeds", "max_ppl_ratio", "metric",
               "lm_eval_limit", "throughput_recipes", "throughput_backend", "throughput_prompt_len",
-              "throughput_output_len", "throughput_num_prompts", "throughput_dtype", "throughput_enforce_eager")
+              "throughput_output_len", "throughput_num_prompts", "throughput_dtype", "throughput_enforce_eager",
+              "order_sets", "order_reference")
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:

@@ -61,6 +61,9 @@ GRID_OPTIONS = {
     "bootstrap": "paired-bootstrap resamples for the noise of A",
     "throughput_recipes": "throughput: recipes whose tokens/s is measured, e.g. 'sleb:p=0.2;rtn:w=8,a=8' (';'-separated)",
     "throughput_backend": "throughput: vllm, transformers, or auto (vLLM where found)",
+    "order_sets": "order search: method sets, '|' between sets, ';' or ', ' between methods, e.g. "
+                  "'wanda:p=0.3; rtn:w=6,a=6,kv=6 | magnitude:p=0.2; rtn:w=8,a=8,kv=8'",
+    "order_reference": "order search: the quantizer template whose curve gives the CERs (rtn)",
     "throughput_prompt_len": "throughput: tokens per prompt",
     "throughput_output_len": "throughput: tokens generated per prompt (ignore_eos)",
     "throughput_num_prompts": "throughput: prompts in the offline batch",

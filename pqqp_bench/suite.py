@@ -448,8 +448,14 @@ def load_suite(path: str | Path, **overrides: Any) -> Suite:
                if k.startswith("throughput_") and v is not None}
     if section:  # --pqqp-throughput-* options change (or create) the throughput section
         raw["throughput"] = {**(raw.get("throughput") or {}), **section}
+    order = {k.removeprefix("order_"): v for k, v in overrides.items() if k.startswith("order_") and v is not None}
+    if order:  # --pqqp-order-sets 'a; b | c; d' and --pqqp-order-reference change (or create) the order search
+        if isinstance(order.get("sets"), str):
+            order["sets"] = [text for text in order["sets"].split("|") if text.strip()]
+        raw["order_search"] = {**(raw.get("order_search") or {}), **order}
     values = {k: coerce(k, v) for k, v in raw.items()}
-    values.update({k: coerce(k, v) for k, v in overrides.items() if v is not None and not k.startswith("throughput_")})
+    values.update({k: coerce(k, v) for k, v in overrides.items()
+                   if v is not None and not k.startswith(("throughput_", "order_"))})
     return Suite(**{"name": path.stem, **values, "source": str(path)})
 
 

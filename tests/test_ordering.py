@@ -201,3 +201,13 @@ def test_leaderboard_shows_pipelines_and_the_order_search(suite: Suite, tmp_path
     pngs = [name for name in first if name.endswith(".png")]
     assert sorted(name.split("-")[0] for name in pngs) == ["orders", "pipelines"]
     assert all(first[name][:8] == b"\x89PNG\r\n\x1a\n" and len(first[name]) > 5000 for name in pngs)
+
+
+def test_order_search_options_override_the_suite(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("pruners: [wanda]\nquantizers: [rtn]\n")
+    suite = load_suite(path, order_sets="wanda:p=0.3; rtn:w=8,a=8,kv=8 | magnitude:p=0.2, rtn:w=6", order_reference="gptq")
+    assert [m.id for m in suite.order_search.sets] == ["wanda:p=0.3+rtn:w=8,a=8,kv=8", "magnitude:p=0.2+rtn:w=6"]
+    assert suite.order_search.reference == "gptq"
+    with pytest.raises(PqqpError, match="order_search.sets"):
+        load_suite(path, order_reference="gptq")
