@@ -171,6 +171,11 @@ def test_suite_tests_run_end_to_end(tmp_path: Path, model_dir: Path, text_file: 
         "pipelines:\n  multistage:\n    x: p2 - p1\n    first: 'wanda:p={p1} > rtn:w=4 > wanda:p={p2}'\n"
         "    second: 'wanda:p={p2} > rtn:w=4 > wanda:p={p1}'\n    points:\n"
         "      - {x: 0.0, p1: 0.2, p2: 0.2}\n      - {x: 0.2, p1: 0.1, p2: 0.3}\n"
+        "  mpq:\n    x: 16/avg\n    first: 'mpq:avg={avg},bits=2:4:8,order=prog,samples=1,probes=1,seqlen=16'\n"
+        "    second: 'mpq:avg={avg},bits=2:4:8,order=regr,samples=1,probes=1,seqlen=16'\n"
+        "    points: [{x: 2.0, avg: 8}, {x: 4.0, avg: 4}]\n"
+        "  sharing:\n    x: C_P\n    first: 'share:r=0.9 > magnitude:p={p}'\n    second: 'magnitude:p={p} > share:r=0.9'\n"
+        "    alone: ['share:r=0.9']\n    points: [{x: 1.25, p: 0.2}, {x: 2.0, p: 0.5}]\n"
         "order_search:\n  sets: ['wanda:p=0.3; rtn:w=4,a=4,kv=4']\n")
     assert load_suite(folder / "s.yaml").order_search.sets[0].id == "wanda:p=0.3+rtn:w=4,a=4,kv=4"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -180,6 +185,10 @@ def test_suite_tests_run_end_to_end(tmp_path: Path, model_dir: Path, text_file: 
     out = proc.stdout + proc.stderr
     for test in ("test_pipeline[", "test_order_search[", "test_order_rule["):
         assert any(test in line and line.split()[0] in ("PASSED", "FAILED") for line in out.splitlines()), out
+    cases = [line.split()[0] for line in out.splitlines() if "::test_case[" in line]
+    assert len(cases) == len(load_suite(folder / "s.yaml").cases()) and set(cases) == {"PASSED"}, out  # all achieved
+    assert sum("test_pipeline[" in line and line.split()[0] in ("PASSED", "FAILED")
+               for line in out.splitlines()) == 3, out
     assert "Order search: the intensity rule" in out and "Pipeline " in out, out
     assert "ERROR" not in out.split("short test summary")[-1], out
 
