@@ -245,6 +245,13 @@ def n_of_m(text: str) -> tuple[int, int] | None:
     return n, m
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(text)
+    return value
+
+
 def positive_int_or_none(text: str) -> int | None:
     if text.lower() in ("none", "-1", "0"):
         return None

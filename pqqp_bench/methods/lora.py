@@ -29,18 +29,12 @@ from tqdm.auto import tqdm
 
 from ..blocks import block_linears, decoder_blocks
 from ..errors import PqqpError
-from .base import Method, Param, ratio_in_unit
+from .base import Method, Param, positive_int, ratio_in_unit
 
 PEFT_INSTALL_HINT = "pip install 'pqqp-bench[peft]'"
 ADAPTER = "pqqp_lora"  # peft's adapter name
 MAX_GRAD_NORM = 1.0  # gradient clipping, as the transformers Trainer does by default
 
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise ValueError(text)
-    return value
 
 
 def positive_float(text: str) -> float:

@@ -38,7 +38,7 @@ from ..errors import PqqpError
 from .base import B_ORIG, LayerWork, Method, Param, clip_mode, positive_int_or_none
 from .gptq import GPTQ
 from .quantize import WeightGrid, fit_grid
-from .sleb import positive_int
+from .base import positive_int
 
 ORDERS = {"prog": "progressive: most bits first, fewest last (8 -> 2)", "regr": "regressive: fewest bits first (2 -> 8)"}
 BASES = ("rtn", "gptq")

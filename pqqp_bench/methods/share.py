@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from ..blocks import block_call_kwargs, block_linears, capture_block_inputs, decoder_blocks, move_outside_blocks, run_block
 from ..errors import PqqpError
 from .base import Method, Param, boolean, ratio_in_unit, ratio_up_to_one
-from .sleb import positive_int
+from .base import positive_int
 
 TYPES = ("q", "k", "v", "o", "gate", "up", "down")  # the Linears of a Llama block, by their names' stems
 

@@ -24,16 +24,10 @@ from tqdm.auto import tqdm
 
 from ..blocks import block_call_kwargs, capture_block_inputs, decoder_blocks, run_block
 from ..errors import PqqpError
-from .base import Method, Param, ratio_in_unit
+from .base import Method, Param, positive_int, ratio_in_unit
 
 ORIGIN = "pqqp_original_blocks"  # config attribute: original index of each current block (saved with the config)
 
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise ValueError(text)
-    return value
 
 
 @dataclass(frozen=True)
