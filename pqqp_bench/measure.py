@@ -301,23 +301,13 @@ class Bench:
 
     def point(self, spec: PointSpec, seed_for_bootstrap: int = 0) -> tuple[Point, dict]:
         """A(Q->P) = M(Q then P) - M(P then Q) with its paired-bootstrap noise (combined over seeds)."""
-        qp_recipe, pq_recipe = spec.recipe("Q>P"), spec.recipe("P>Q")
-        estimates: list[Estimate] = []
-        ppls: list[float] = []
-        for seed in self.seeds_for(qp_recipe, pq_recipe):
-            qp, pq = self.measure(spec.model, qp_recipe, seed), self.measure(spec.model, pq_recipe, seed)
-            ppls += [qp.value, pq.value]
-            if not all(math.isfinite(v) for v in (qp.value, pq.value)):
-                estimates.append(Estimate(float("nan"), float("inf"), float("nan"), float("nan")))
-                continue
-            estimates.append(self.advantage(qp, pq, seed_for_bootstrap))
-        estimate = combine_seeds(estimates) if all(math.isfinite(e.value) for e in estimates) else estimates[0]
+        estimate, ppl_qp, ppl_pq = self.compare(spec.model, spec.recipe("Q>P"), spec.recipe("P>Q"), seed_for_bootstrap)
         dense = self.mean_value(spec.model, Recipe(()))
-        collapsed = is_collapsed_metric(self.suite.metric, ppls, dense, self.suite.max_ppl_ratio)
+        collapsed = is_collapsed_metric(self.suite.metric, ppl_qp + ppl_pq, dense, self.suite.max_ppl_ratio)
         c_q = quant_ratio(spec.bits)
         point = Point(spec.p, spec.bits, c_q, self.cer_of_pruner(spec.model, spec.pruner, spec.p, spec.quantizer),
                       estimate.value, estimate.stderr, collapsed)
-        return point, {"ppl_qp": ppls[0::2], "ppl_pq": ppls[1::2], "dense_ppl": dense, "estimate": estimate}
+        return point, {"ppl_qp": ppl_qp, "ppl_pq": ppl_pq, "dense_ppl": dense, "estimate": estimate}
 
     def advantage(self, qp: Measurement, pq: Measurement, seed: int) -> Estimate:
         """A(Q->P) with its paired bootstrap: over evaluation windows (ppl) or over task documents (lm-eval)."""

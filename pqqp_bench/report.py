@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from tabulate import tabulate
 
 from .compress import bits_label
-from .hypothesis import ExpFit, Monotonicity, Point, exponential_fit, interference_table, monotonicity
+from .hypothesis import ExpFit, Monotonicity, Point, exponential_fit, higher_is_better, interference_table, monotonicity
 from .measure import Bench, Missing
 from .ordering import OrderOutcome, OrderSummary, cost_ratio, summarize
 from .suite import HypothesisSpec, InterferenceSpec, OrderSpec, PipelineSpec
@@ -77,13 +77,17 @@ class Verdict:
         res = self.result
         text += f"\nSpearman {fmt(res.spearman, 3)}, Kendall {fmt(res.kendall, 3)} over {res.n_points} points " \
                 f"(collapsed points, ppl > max_ppl_ratio x dense, excluded: {len(res.excluded)})"
-        for v in res.violations:
-            text += (f"\nviolation: x {fmt(v.x_low)} -> {fmt(v.x_high)}: A drops {fmt(v.a_low)} -> {fmt(v.a_high)} "
-                     f"(by {fmt(v.drop)}, noise tolerance {self.sigmas:g} sigma = {fmt(v.tolerance)})")
+        text += violation_lines(res, self.sigmas)
         fit = trend(res.points)
         if fit is not None:
             text += f"\nexponential fit A = {fmt(fit.a)}·exp({fmt(fit.b)}·x) + {fmt(fit.c)}, R² {fmt(fit.r2, 3)}"
         return text
+
+
+def violation_lines(result: Monotonicity, sigmas: float) -> str:
+    """One line per pair of points that breaks monotonicity, with its drop and the noise tolerance."""
+    return "".join(f"\nviolation: x {fmt(v.x_low)} -> {fmt(v.x_high)}: A drops {fmt(v.a_low)} -> {fmt(v.a_high)} "
+                   f"(by {fmt(v.drop)}, noise tolerance {sigmas:g} sigma = {fmt(v.tolerance)})" for v in result.violations)
 
 
 def verdict(bench: Bench, spec: HypothesisSpec) -> Verdict:
@@ -164,9 +168,7 @@ class PipelineVerdict:
         text = f"{head}\n{table}\nSpearman {fmt(res.spearman, 3)}, Kendall {fmt(res.kendall, 3)} over {res.n_points} " \
                f"points (collapsed, excluded: {len(res.excluded)}); A > 0 at {sum(r[4] > 0 for r in self.rows)} of " \
                f"{sum(r[1] != 0 for r in self.rows)} points with x != 0"
-        for v in res.violations:
-            text += (f"\nviolation: x {fmt(v.x_low)} -> {fmt(v.x_high)}: A drops {fmt(v.a_low)} -> {fmt(v.a_high)} "
-                     f"(by {fmt(v.drop)}, noise tolerance {self.sigmas:g} sigma = {fmt(v.tolerance)})")
+        text += violation_lines(res, self.sigmas)
         return text
 
 
@@ -200,7 +202,7 @@ def pipeline_report(bench: Bench) -> str:
 def order_evidence(bench: Bench, spec: OrderSpec, result: OrderOutcome | None, details: dict) -> str:
     """The single methods with their M and CER, the recommendation, and (exhaustive) every order ranked."""
     methods, metric = spec.methods, bench.suite.metric
-    sign = -1.0 if metric == "ppl" or "perplexity" in metric else 1.0
+    sign = 1.0 if higher_is_better(metric) else -1.0  # M back to the metric's own value
     singles = tabulate([(str(methods.units[i]), fmt(sign * m, 5), str(c) if c is not None else "-")
                         for i, (m, c) in enumerate(zip(details["singles"], details["cers"]))],
                        headers=["method alone", metric, f"CER on {bench.suite.order_search.reference}"
