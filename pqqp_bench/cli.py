@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .suite import Suite
 
 
-SUITE_KEYS = ("corpus", "seqlen", "calib_samples", "eval_tokens", "holdout", "batch_size", "device")
+SUITE_KEYS = ("corpus", "seqlen", "calib_samples", "eval_tokens", "holdout", "batch_size", "device", "offload")
 GRID_FLAGS = ("pruners", "quantizers", "ratios", "bits", "orders", "curve_bits", "seeds", "max_ppl_ratio", "metric",
               "lm_eval_limit", "throughput_recipes", "throughput_backend", "throughput_prompt_len",
               "throughput_output_len", "throughput_num_prompts", "throughput_dtype", "throughput_enforce_eager",
@@ -50,6 +50,12 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help=f"seed of calibration sampling and randomised methods (default {d.seed})")
     parser.add_argument("--batch-size", type=int, default=None, help=f"evaluation windows per forward pass (default {d.batch_size})")
     parser.add_argument("--device", default=None, help="auto (cuda if present), cpu, cuda, cuda:N (default auto)")
+    parser.add_argument("--offload", default=None, choices=("none", "cpu", "disk"),
+                        help="where decoder blocks wait for their turn on the device: none (all on the device), cpu "
+                             "(host memory), disk (read from the safetensors files, compressed ones from a scratch "
+                             "folder): for models larger than memory; layer-scope methods and ppl only (default none)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of this process (default: all cores)")
     parser.add_argument("--cache-dir", default=None, help="where converted models are cached (default $PQQP_CACHE_DIR or ~/.cache/pqqp-bench)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -379,6 +385,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pqqp: error: {exc}", file=sys.stderr)
             return 2
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            print(f"pqqp: error: --threads {args.threads} is not accepted: use a positive integer", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
     quiet = getattr(args, "no_progress", False)
     if quiet:  # transformers' own weight-loading bars; ours follow Settings.progress
         hf_logging.disable_progress_bar()

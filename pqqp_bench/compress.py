@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
 
@@ -28,6 +28,7 @@ from .blocks import block_attention, block_call_kwargs, block_linears, capture_b
 from .errors import PqqpError
 from .methods import B_ORIG, LayerWork, Method
 from .methods.quantize import WeightGrid
+from .offload import home_of, refuse_model_scope, visiting
 from .spec import Recipe
 
 
@@ -129,13 +130,13 @@ def record(work: LayerWork, prefix: str) -> list[LinearRecord]:
     """The achieved state of each Linear of a block, after checking that masks and grids were kept."""
     rows = []
     for name, linear in work.linears.items():
-        weight = linear.weight.data
         mask = work.masks.get(name)
+        weight = linear.weight.data if mask is None else linear.weight.data.to(mask.device)  # blocks may be home again
         bits = work.bits.get(name, {})
         if mask is not None and bool((weight[~mask] != 0).any()):
             raise RuntimeError(f"{prefix}.{name}: a later stage made pruned weights non-zero (mask not kept)")
         grid = work.grids.get(name)
-        if grid is not None and not grid.holds(weight):
+        if grid is not None and not grid.holds(weight.to(grid.scale.device)):
             raise RuntimeError(f"{prefix}.{name}: a later stage moved weights off the {grid.bits}-bit grid")
         rows.append(LinearRecord(
             f"{prefix}.{name}", weight.numel(), 0.0 if mask is None else 1.0 - mask.float().mean().item(),
@@ -200,7 +201,7 @@ def layer_pass(
 ) -> None:
     """Apply layer-scope `stages` block by block, calibrating each block on the compressed blocks before it."""
     blocks = decoder_blocks(model)
-    home = next(model.parameters()).device
+    home = next(p.device for p in model.parameters() if not p.is_meta)  # where the weights outside the blocks live
     needs_inputs = any(s.needs_calibration for s in stages)
     inputs: list[torch.Tensor] = []
     calls: list[dict] = [{} for _ in blocks]
@@ -213,17 +214,16 @@ def layer_pass(
         seconds["capture"] = seconds.get("capture", 0.0) + time.perf_counter() - start
     label = " > ".join(s.canonical() for s in stages)
     for index, block in enumerate(tqdm(blocks, desc=f"compress {label}", disable=not progress, unit="block", leave=False)):
-        block.to(device)
-        work = block_work(block, index, works, seed)
-        work.reference = {n: lin.weight.data.clone() for n, lin in work.linears.items()}
-        compress_block(work, stages, inputs, calls[index], seconds)
-        work.reference = {}  # held for the block's pass only: kept for every block it would cost a model copy
-        if needs_inputs and index + 1 < len(blocks):
-            start = time.perf_counter()
-            inputs = run_block(block, inputs, calls[index])
-            seconds["propagate"] = seconds.get("propagate", 0.0) + time.perf_counter() - start
-        block.to(home)
-    model.to(home)
+        with visiting(home_of(model), index, block, device, changed=True):
+            work = block_work(block, index, works, seed)
+            work.reference = {n: lin.weight.data.clone() for n, lin in work.linears.items()}
+            compress_block(work, stages, inputs, calls[index], seconds)
+            work.reference = {}  # held for the block's pass only: kept for every block it would cost a model copy
+            if needs_inputs and index + 1 < len(blocks):
+                start = time.perf_counter()
+                inputs = run_block(block, inputs, calls[index])
+                seconds["propagate"] = seconds.get("propagate", 0.0) + time.perf_counter() - start
+    move_outside_blocks(model, blocks, home)
 
 
 @torch.no_grad()
@@ -240,13 +240,15 @@ def compress(
 
     Consecutive layer-scope stages share one block-by-block pass; model-scope stages (block removal,
     rotations) act on the whole model between passes. Blocks are moved to `device` one at a time and back, so
-    peak device memory is one block plus the calibration activations, as in the reference SparseGPT/GPTQ code.
+    peak device memory is one block plus the calibration activations, as in the reference SparseGPT/GPTQ code;
+    a model offloaded to disk (offload.py) has each block read for its turn and the compressed block written back.
     """
     blocks = decoder_blocks(model)
     report = CompressionReport(str(recipe), recipe.ratios(),
                                sum(lin.weight.numel() for b in blocks for lin in block_linears(b).values()))
-    home = next(model.parameters()).device
+    home = next(p.device for p in model.parameters() if not p.is_meta)
     device = torch.device(device) if device is not None else home
+    refuse_model_scope(model, recipe.stages)
     for stage in recipe.stages:
         stage.validate(block_linears(blocks[0]))
     needed = [s.name for s in recipe.stages if s.needs_calibration]
@@ -262,9 +264,11 @@ def compress(
         adopt_weight_grids(model, result, works, seed)
         report.structure.append({"stage": run[0].canonical(), **result})
         report.seconds[run[0].canonical()] = time.perf_counter() - start
+    disk = home_of(model)
     for index, block in enumerate(decoder_blocks(model)):
         work = block_work(block, index, works, seed)
-        report.linears += record(work, f"blocks.{index}")
+        with visiting(disk, index, block, device) if disk else nullcontext():
+            report.linears += record(work, f"blocks.{index}")
         report.grids.update({f"blocks.{index}.{name}": grid for name, grid in work.grids.items()})
         report.kv_bits.append(work.kv_bits)
     return report

@@ -16,7 +16,7 @@ import torch
 from .compress import CompressionReport, compress
 from .data import DEFAULT_CORPUS, DEFAULT_HOLDOUT, Corpus, load_corpus
 from .errors import PqqpError
-from .evaluate import PerplexityResult, perplexity
+from .evaluate import PerplexityResult, layerwise_perplexity, perplexity
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .spec import Recipe, parse_recipe
 
@@ -34,6 +34,7 @@ class Settings:
     seed: int = 0
     batch_size: int = 1
     device: str = "auto"
+    offload: str = "none"  # none, cpu, disk: where the decoder blocks live between their turns (offload.py)
     cache_dir: str | None = None
     trust_remote_code: bool = False
     progress: bool = True
@@ -91,6 +92,7 @@ class Experiment:
             cache_dir=Path(settings.cache_dir) if settings.cache_dir else None,
             device=self.device,
             trust_remote_code=settings.trust_remote_code,
+            offload=settings.offload,
         )
         context = self.loaded.context_length
         if context and settings.seqlen > context:
@@ -134,7 +136,10 @@ class Experiment:
         `self.compressed(recipe, seed)` returned already, when another measurement shares it)."""
         recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
         model, report, compress_seconds = compressed or self.compressed(recipe, seed)
-        ppl = perplexity(model, self.windows, batch_size=self.settings.batch_size, progress=self.settings.progress)
+        if self.settings.offload == "none":
+            ppl = perplexity(model, self.windows, batch_size=self.settings.batch_size, progress=self.settings.progress)
+        else:
+            ppl = layerwise_perplexity(model, self.windows, self.device, progress=self.settings.progress)
         del model
         return CaseResult(
             str(recipe), recipe.order, recipe.key, report, ppl, {"compress": compress_seconds, "evaluate": ppl.seconds}

@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .blocks import decoder_blocks
 from .errors import PqqpError
+from .offload import check_mode, load_on_disk
 from .paths import default_cache_dir
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -162,12 +164,20 @@ def load_model(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     trust_remote_code: bool = False,
+    offload: str = "none",
 ) -> LoadedModel:
-    """Load `name` (embedded name, hub id, folder or .gguf) in eval mode on `device`."""
+    """Load `name` (embedded name, hub id, folder or .gguf) in eval mode on `device`. `offload` (offload.py):
+    `cpu` keeps the model in host memory (blocks visit `device` one at a time); `disk` loads the weights outside
+    the decoder blocks only, and each block is read from the safetensors files when its turn comes."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     location, source = resolve(name, cache_dir)
+    check_mode(offload)
     try:
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, trust_remote_code=trust_remote_code)
+        if offload == "disk":
+            config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+            model = load_on_disk(AutoModelForCausalLM, weights_folder(location), config, dtype, device, decoder_blocks)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:  # missing files / unknown model_type / broken config
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -175,9 +185,22 @@ def load_model(
             f"cannot load model {name!r} ({source}): {reason}; accepted: {', '.join(EMBEDDED)}, an HF hub id "
             f"(needs the hub or its local cache), a local HF folder, or a .gguf file"
         ) from None
-    model.eval().to(device)
+    if offload == "none":
+        model.to(device)
+    elif offload == "cpu":
+        model.to("cpu")
+    model.eval()
     model.config.use_cache = False
     return LoadedModel(name, model, tokenizer, source, location_fingerprint(location, model.config))
+
+
+def weights_folder(location: str) -> Path:
+    """The local folder of a model's weight files: `location` itself, or a hub model's snapshot in the HF cache."""
+    if Path(location).is_dir():
+        return Path(location)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(location, allow_patterns=["*.json", "*.safetensors"]))
 
 
 def location_fingerprint(location: str, config: Any) -> str:

@@ -20,6 +20,7 @@ plugin costs nothing in sessions that do not use it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -47,6 +48,7 @@ GRID_OPTIONS = {
     "seeds": "calibration seeds, e.g. 0,1,2 (noise from seeds)",
     "batch_size": "evaluation windows per forward pass",
     "device": "auto, cpu, cuda, cuda:N",
+    "offload": "none, cpu or disk: decoder blocks wait off the device for their turn (models larger than memory)",
     "metric": "ppl (token-level perplexity) or lm-eval:<task>/<metric>, e.g. lm-eval:pqqp_cloze/acc",
     "lm_eval_limit": "lm-eval metrics: score only the first N documents of the task",
     "pruners": "pruner templates, e.g. wanda,sparsegpt (';' between templates with parameters)",
@@ -86,6 +88,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--pqqp-cache-dir", default=None, help="where converted models are cached")
     group.addoption("--pqqp-vllm-venv", default=None,
                     help="the venv with vLLM for throughput tests (default: $PQQP_VLLM_VENV or ~/.cache/pqqp-bench/venvs/vllm)")
+    group.addoption("--pqqp-threads", type=int, default=None, metavar="N",
+                    help="torch threads per process (default: all cores; under pytest-xdist -n W: cores // W per worker)")
     group.addoption("--pqqp-trust-remote-code", action="store_true", default=False,
                     help="allow model code from the hub (off by default)")
     group.addoption("--pqqp-gate", default=None, metavar="BASELINE",
@@ -105,6 +109,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "pqqp_hypothesis: a hypothesis verdict over measured points")
     config.addinivalue_line("markers", "pqqp_throughput: generation tokens/s of a recipe (the suite's throughput section)")
     config.addinivalue_line("markers", "slow: calibration-heavy (sparsegpt, gptq, sleb): minutes on a CPU")
+    config.addinivalue_line("markers", "xdist_group(name): cases of one model shard, kept on one worker by --dist loadgroup")
+    place_worker(config)
     if config.getoption("pqqp_update_baseline") and not config.getoption("pqqp_gate"):
         raise pytest.UsageError("pqqp: --pqqp-update-baseline needs --pqqp-gate BASELINE: the file to write")
     if config.getoption("pqqp_gate") and not config.getoption("pqqp_update_baseline"):
@@ -115,6 +121,41 @@ def pytest_configure(config: pytest.Config) -> None:
             load_baseline(config.getoption("pqqp_gate"))
         except PqqpError as exc:
             raise pytest.UsageError(f"pqqp: {exc}") from None
+
+
+def place_worker(config: pytest.Config) -> None:
+    """Pin a pytest-xdist worker to its GPU and its share of the CPU threads (`workers.py`); `--pqqp-threads`
+    alone sets the threads of a single process."""
+    from .errors import PqqpError
+    from .workers import apply, placement, xdist_placement
+
+    threads, workerinput = config.getoption("pqqp_threads"), getattr(config, "workerinput", None)
+    try:
+        if workerinput is not None:
+            apply(xdist_placement(workerinput, threads))
+        elif threads is not None:
+            apply(placement(0, 1, [], os.cpu_count() or 1, threads))
+    except PqqpError as exc:
+        raise pytest.UsageError(f"pqqp: {exc}") from None
+
+
+def worker_count(config: pytest.Config) -> int:
+    workerinput = getattr(config, "workerinput", None)
+    return int(workerinput["workercount"]) if workerinput is not None else 1
+
+
+def case_groups(cases: list, workers: int) -> list[str]:
+    """The xdist group of each case: `<model>#<shard>`, the cases of a model dealt round-robin into
+    `workers // models` shards (at least one). With `--dist loadgroup` a shard runs on one worker, so a worker
+    loads few models, and a one-model grid still spreads over every worker."""
+    models = list(dict.fromkeys(c.model for c in cases))
+    shards = max(1, workers // max(1, len(models)))
+    seen: dict[str, int] = {}
+    groups = []
+    for case in cases:
+        index = seen[case.model] = seen.get(case.model, -1) + 1
+        groups.append(f"{case.model}#{index % shards}")
+    return groups
 
 
 def suite_of(config: pytest.Config) -> "Suite":
@@ -149,8 +190,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("pqqp_throughput", cases or [pytest.param(None, marks=pytest.mark.skip(
             reason=f"suite '{suite.name}' has no throughput section"))])
     if "pqqp_case" in names:
-        metafunc.parametrize("pqqp_case", [pytest.param(c, id=c.id, marks=[*marks_for(c.recipe), pytest.mark.pqqp_case])
-                                           for c in suite.cases()])
+        cases = suite.cases()
+        groups = case_groups(cases, worker_count(metafunc.config))
+        metafunc.parametrize("pqqp_case", [
+            pytest.param(c, id=c.id, marks=[*marks_for(c.recipe), pytest.mark.pqqp_case, pytest.mark.xdist_group(g)])
+            for c, g in zip(cases, groups)])
     rules = suite.models if suite.order_search else ()
     for name, specs in (("pqqp_hypothesis", suite.hypotheses()), ("pqqp_interference", suite.interference_specs()),
                         ("pqqp_pipeline", suite.pipeline_specs()), ("pqqp_order", suite.order_specs()),

@@ -26,6 +26,7 @@ from .evaluate.throughput import ThroughputSettings
 from .experiment import Settings
 from .methods import method_class
 from .methods.base import boolean, format_value
+from .offload import check_mode
 from .ordering import MethodSet, parse_method_set
 from .pipelines import Pipeline, pipelines_section
 from .spec import Recipe, parse_recipe
@@ -142,6 +143,7 @@ class Suite:
     seeds: tuple[int, ...] = (0,)
     batch_size: int = 1
     device: str = "auto"
+    offload: str = "none"  # none, cpu, disk: decoder blocks off the device between their turns (offload.py)
     metric: str = "ppl"  # or lm-eval:<task>/<metric>, e.g. lm-eval:pqqp_cloze/acc
     lm_eval_limit: int | None = None  # lm-eval tasks: score only the first N documents (None: all)
     pruners: tuple[str, ...] = ("wanda",)
@@ -169,7 +171,7 @@ class Suite:
         """The experiment settings of one model of the grid."""
         return Settings(model=model, corpus=self.corpus, seqlen=self.seqlen, calib_samples=self.calib_samples,
                         eval_tokens=self.eval_tokens, holdout=self.holdout, seed=self.seeds[0],
-                        batch_size=self.batch_size, device=self.device, **extra)
+                        batch_size=self.batch_size, device=self.device, offload=self.offload, **extra)
 
     def gate_rule(self, metric: str) -> GateRule:
         return dict(self.gate).get(metric, GateRule())
@@ -467,6 +469,10 @@ def check_grid(suite: Suite) -> None:
         if not getattr(suite, name) and not (other and name in grid):
             raise PqqpError(f"suite key '{name}' is empty: give at least one value")
     parse_metric(suite.metric)
+    check_mode(suite.offload)
+    if suite.offload != "none" and (suite.metric != "ppl" or suite.throughput):
+        raise PqqpError(f"offload={suite.offload!r} evaluates perplexity only: accepted metric ppl and no throughput "
+                        f"section, or offload none")
     if suite.lm_eval_limit is not None and suite.lm_eval_limit < 1:
         raise PqqpError(f"lm_eval_limit={suite.lm_eval_limit} is not accepted: a positive number of documents or null")
     for order in suite.orders:

@@ -61,3 +61,49 @@ def perplexity(
     tokens = n * (seqlen - 1)
     ppl = math.exp(sum(sums) / tokens)
     return PerplexityResult(ppl, seqlen, n, tokens, sums, time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def layerwise_perplexity(
+    model: PreTrainedModel,
+    windows: torch.Tensor,
+    device: str | torch.device,
+    *,
+    progress: bool = True,
+) -> PerplexityResult:
+    """Perplexity of a model whose blocks live off `device` (offload.py), one block on `device` at a time.
+
+    All windows pass through block 1, then block 2, ... (the SparseGPT evaluation scheme), one window per call,
+    so the numbers are those of `perplexity(..., batch_size=1)`. The model's own head finishes each window: the
+    first block hands over the window's final hidden state and the others pass it through, so final norms,
+    soft-capping and tied heads are the model's."""
+    from ..blocks import block_call_kwargs, capture_block_inputs, decoder_blocks, move_outside_blocks, passthrough, run_block
+    from ..offload import home_of, visiting
+
+    device = torch.device(device)
+    start = time.perf_counter()
+    blocks = decoder_blocks(model)
+    outside = next(p.device for p in model.parameters() if not p.is_meta)
+    move_outside_blocks(model, blocks, device)
+    try:
+        windows = windows.to(device)
+        calls = block_call_kwargs(model, blocks, windows[0])
+        hidden = capture_block_inputs(model, blocks, windows)
+        for index, block in enumerate(tqdm(blocks, desc="perplexity (layer-wise)", unit="block", disable=not progress,
+                                           leave=False)):
+            with visiting(home_of(model), index, block, device):
+                hidden = run_block(block, hidden, calls[index])
+        final = iter(hidden)
+        blocks[0].forward = lambda *args, **kwargs: next(final)
+        for block in blocks[1:]:
+            block.forward = passthrough
+        try:
+            sums = [window_nll(model, window.unsqueeze(0)).item() for window in windows]
+        finally:
+            for block in blocks:
+                del block.forward
+    finally:
+        move_outside_blocks(model, blocks, outside)
+    n, seqlen = windows.shape
+    tokens = n * (seqlen - 1)
+    return PerplexityResult(math.exp(sum(sums) / tokens), seqlen, n, tokens, sums, time.perf_counter() - start)

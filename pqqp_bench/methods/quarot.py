@@ -80,10 +80,12 @@ def fold_norm(norm: nn.Module, readers: list[nn.Linear]) -> None:
 
 
 def rotate_inputs(linear: nn.Linear, rotation: torch.Tensor) -> None:
+    rotation = rotation.to(linear.weight.device)
     linear.weight.data = (linear.weight.data.double() @ rotation).to(linear.weight.dtype)
 
 
 def rotate_outputs(linear: nn.Linear, rotation: torch.Tensor) -> None:
+    rotation = rotation.to(linear.weight.device)
     linear.weight.data = (rotation.T @ linear.weight.data.double()).to(linear.weight.dtype)
     if linear.bias is not None:
         linear.bias.data = (linear.bias.data.double() @ rotation).to(linear.bias.dtype)
@@ -91,8 +93,8 @@ def rotate_outputs(linear: nn.Linear, rotation: torch.Tensor) -> None:
 
 def rotate_value_heads(attention: nn.Module, head_dim: int) -> None:
     """v_proj rows of each head <- H^T rows; o_proj columns of each head <- columns H: values live rotated."""
-    h = orthonormal_hadamard(head_dim)
     v, o = attention.v_proj, attention.o_proj
+    h = orthonormal_hadamard(head_dim).to(v.weight.device)
     rows = v.weight.data.double().reshape(-1, head_dim, v.in_features)
     v.weight.data = torch.einsum("dk,hdi->hki", h, rows).reshape(v.weight.shape).to(v.weight.dtype)
     if v.bias is not None:
@@ -140,7 +142,7 @@ class QuaRot(Method):
             child(block, "self_attn").pqqp_qk_rotation = orthonormal_hadamard(head_dim).float()
         fold_norm(model.get_decoder().norm, [head])
         rotate_inputs(head, rotation)
-        embed.weight.data = (embed.weight.data.double() @ rotation).to(embed.weight.dtype)
+        embed.weight.data = (embed.weight.data.double() @ rotation.to(embed.weight.device)).to(embed.weight.dtype)
         enable_attention_function(model.config)
         return {"residual": kind, "heads": f"Hadamard {head_dim}", "online": ["mlp.down_proj input", "queries and keys"]}
 
