@@ -23,6 +23,7 @@ from .errors import PqqpError
 from .experiment import CaseResult, Experiment, Settings
 from .methods import METHODS
 from .models import available_models
+from .ray_runner import ADDRESSES, LOCAL
 from .spec import parse_recipe
 from .store import default_store_path
 
@@ -87,7 +88,7 @@ def command_suite(args: argparse.Namespace) -> int:
     """`pqqp run --suite FILE`: the grid `pytest suites/` runs, without pytest, through the same store."""
     from tqdm.auto import tqdm
 
-    from .measure import Bench
+    from .measure import Bench, progress_line
     from .report import full_report
     from .store import Store
     from .suite import load_suite
@@ -105,12 +106,18 @@ def command_suite(args: argparse.Namespace) -> int:
         cases = suite.cases()
         print(f"suite {suite.name} ({suite.source}): {len(cases)} cases x {len(suite.seeds)} seed(s); store {args.store}",
               flush=True)
+        if args.ray is not None:  # the missing cases on Ray first; the loop below then finds them stored
+            from .ray_runner import run_on_ray
+
+            done = run_on_ray(suite, store, address=args.ray, workers=args.ray_workers,
+                              cpus_per_worker=args.ray_cpus_per_worker, gpus_per_worker=args.ray_gpus_per_worker,
+                              refresh=args.refresh, cache_dir=args.cache_dir, trust_remote_code=args.trust_remote_code,
+                              progress=not args.no_progress)
+            bench.computed.extend(done.digests)  # refreshed already: not again
         bar = tqdm(cases, desc="cases", unit="case", disable=args.no_progress)
         for index, case in enumerate(bar, 1):
             for m in bench.measure_case(case):
-                took = m.details["seconds"]
-                bar.write(f"[{index}/{len(cases)}] {case.model}  {case.recipe}  {suite.metric} {m.value:.4f}  "
-                          f"(compress {took.get('compress', 0):.1f} s, evaluate {took.get('evaluate', 0):.1f} s)")
+                bar.write(progress_line(index, len(cases), m))
         run_throughput(bench)
         print("\n" + full_report(Bench(suite, store, lookup_only=True, cache_dir=args.cache_dir)))
         if suite.throughput:
@@ -185,6 +192,8 @@ def command_export(args: argparse.Namespace) -> int:
 
 
 def command_run(args: argparse.Namespace) -> int:
+    if args.ray is not None and not args.suite:
+        raise PqqpError("--ray runs a suite's grid: give --suite FILE.yaml with it")
     if args.suite:
         if args.recipe:
             raise PqqpError("give --suite or --recipe, not both: a suite names its own recipes")
@@ -323,6 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument(f"--{flag.replace('_', '-')}", default=None, help=f"with --suite: override the suite's {flag}")
     run.add_argument("--vllm-venv", default=None,
                      help="with --suite: the venv with vLLM for throughput (default $PQQP_VLLM_VENV or ~/.cache/pqqp-bench/venvs/vllm)")
+    run.add_argument("--ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS",
+                     help=f"with --suite: compute the missing cases on Ray workers first, each stored in --store as it "
+                          f"finishes (needs pqqp-bench[ray]; workers read the models and corpus by the same paths). "
+                          f"ADDRESS: {ADDRESSES}; default local")
+    run.add_argument("--ray-workers", type=int, default=2, metavar="N",
+                     help="with --ray: worker processes, each keeping its loaded model between cases (default 2)")
+    run.add_argument("--ray-cpus-per-worker", type=int, default=1, metavar="N",
+                     help="with --ray: CPUs each worker requests and computes with (torch threads; default 1)")
+    run.add_argument("--ray-gpus-per-worker", type=float, default=None, metavar="N",
+                     help="with --ray: GPUs each worker requests, 0.5 to share one (default 1 where the cluster has "
+                          "GPUs, else 0)")
     run.add_argument("--both-orders", action="store_true", help="also run each multi-stage recipe in reverse order")
     run.add_argument("--dense", action="store_true", help="also measure the dense model")
     run.add_argument("--json", help="write every result to this JSON file")

@@ -48,6 +48,13 @@ def uses_seed(recipe: Recipe) -> bool:
     return any(s.needs_calibration or s.kind == "transform" for s in recipe.stages)
 
 
+def progress_line(index: int, total: int, m: Measurement) -> str:
+    """One stored measurement as the suite runners print it: position, model, recipe, value and timings."""
+    took = m.details.get("seconds", {})
+    return (f"[{index}/{total}] {m.key.model}  {m.key.recipe}  {m.key.metric} {m.value:.4f}  "
+            f"(compress {took.get('compress', 0):.1f} s, evaluate {took.get('evaluate', 0):.1f} s)")
+
+
 def corpus_identity(corpus: str) -> str:
     """The corpus name, with a content hash for a file (so an edited file is a different corpus)."""
     path = Path(corpus).expanduser()

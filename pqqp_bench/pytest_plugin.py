@@ -13,9 +13,11 @@ parametrized over the grid with readable ids:
 
 Session fixtures: `pqqp_suite`, `pqqp_store` (the results store, `--pqqp-store`), `pqqp_bench` (measures
 through the store, so nothing is computed twice, across tests, sessions and xdist workers) and
-`pqqp_experiment` (the model and corpus, loaded once). With `--pqqp-gate BASELINE` the session ends with the
-regression gate on the store (`gate.py`): a regressed case fails the session. Heavy imports happen inside the fixtures, so the
-plugin costs nothing in sessions that do not use it.
+`pqqp_experiment` (the model and corpus, loaded once). With `--pqqp-ray [ADDRESS]` the `pqqp_bench` fixture
+first computes the suite's missing measurements on Ray workers into the store (`ray_runner.py`), and the tests
+then read them from there. With `--pqqp-gate BASELINE` the session ends with the regression gate on the store
+(`gate.py`): a regressed case fails the session. Heavy imports happen inside the fixtures, so the plugin costs
+nothing in sessions that do not use it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
+from .ray_runner import ADDRESSES, LOCAL, ray_address
+
 if TYPE_CHECKING:
     from .experiment import Experiment
     from .measure import Bench
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
 
 SUITE = pytest.StashKey["Suite"]()
 GATE_REPORT = pytest.StashKey[str]()
+RAY_SUMMARY = pytest.StashKey[str]()
 SLOW_METHODS = ("sparsegpt", "gptq", "sleb", "share", "lora", "mpq")
 
 # option -> help; each overrides the suite key of the same name (lists: comma-separated; templates with
@@ -92,6 +97,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="torch threads per process (default: all cores; under pytest-xdist -n W: cores // W per worker)")
     group.addoption("--pqqp-trust-remote-code", action="store_true", default=False,
                     help="allow model code from the hub (off by default)")
+    group.addoption("--pqqp-ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS",
+                    help=f"first compute the suite's missing cases on Ray workers into the store, then run the tests "
+                         f"on the stored results (needs pqqp-bench[ray]; not with -n). ADDRESS: {ADDRESSES}; default "
+                         f"local; before test paths write --pqqp-ray=ADDRESS")
+    group.addoption("--pqqp-ray-workers", type=int, default=2, metavar="N",
+                    help="with --pqqp-ray: Ray worker processes, one CPU each, or one GPU each where the cluster has "
+                         "GPUs (default 2)")
     group.addoption("--pqqp-gate", default=None, metavar="BASELINE",
                     help="at the end of the session compare the store with this baseline JSON; the session fails "
                          "when a case regressed")
@@ -113,6 +125,16 @@ def pytest_configure(config: pytest.Config) -> None:
     place_worker(config)
     if config.getoption("pqqp_update_baseline") and not config.getoption("pqqp_gate"):
         raise pytest.UsageError("pqqp: --pqqp-update-baseline needs --pqqp-gate BASELINE: the file to write")
+    if config.getoption("pqqp_ray") is not None:
+        from .errors import PqqpError
+
+        if config.getoption("numprocesses", None) or getattr(config, "workerinput", None) is not None:
+            raise pytest.UsageError("pqqp: --pqqp-ray computes the grid on Ray workers; it does not combine with -n "
+                                    "(pytest-xdist): drop one of them")
+        try:
+            ray_address(config.getoption("pqqp_ray"))
+        except PqqpError as exc:
+            raise pytest.UsageError(f"pqqp: {exc}") from None
     if config.getoption("pqqp_gate") and not config.getoption("pqqp_update_baseline"):
         from .errors import PqqpError
         from .gate import load_baseline
@@ -235,13 +257,28 @@ def pqqp_store(pytestconfig: pytest.Config) -> Iterator["Store"]:
 
 @pytest.fixture(scope="session")
 def pqqp_bench(pytestconfig: pytest.Config, pqqp_suite: "Suite", pqqp_store: "Store") -> "Bench":
-    """Measurements through the results store, computed on demand (each model loaded at most once)."""
+    """Measurements through the results store, computed on demand (each model loaded at most once); with
+    `--pqqp-ray`, the suite's missing measurements are first computed on Ray workers into the store."""
+    from .errors import PqqpError
     from .measure import Bench
 
-    return Bench(pqqp_suite, pqqp_store, refresh=pytestconfig.getoption("pqqp_refresh"), progress=False,
-                 cache_dir=pytestconfig.getoption("pqqp_cache_dir"),
-                 trust_remote_code=pytestconfig.getoption("pqqp_trust_remote_code"),
-                 vllm_venv=pytestconfig.getoption("pqqp_vllm_venv"))
+    bench = Bench(pqqp_suite, pqqp_store, refresh=pytestconfig.getoption("pqqp_refresh"), progress=False,
+                  cache_dir=pytestconfig.getoption("pqqp_cache_dir"),
+                  trust_remote_code=pytestconfig.getoption("pqqp_trust_remote_code"),
+                  vllm_venv=pytestconfig.getoption("pqqp_vllm_venv"))
+    address = pytestconfig.getoption("pqqp_ray")
+    if address is not None:
+        from .ray_runner import run_on_ray
+
+        workers = pytestconfig.getoption("pqqp_ray_workers")
+        try:
+            done = run_on_ray(pqqp_suite, pqqp_store, address=address, workers=workers, refresh=bench.refresh,
+                              cache_dir=bench.cache_dir, trust_remote_code=bench.trust_remote_code, progress=False)
+        except PqqpError as exc:
+            raise pytest.UsageError(f"pqqp: {exc}") from None
+        bench.computed.extend(done.digests)  # refreshed already: not again
+        pytestconfig.stash[RAY_SUMMARY] = done.line()
+    return bench
 
 
 @pytest.fixture(scope="session")
@@ -286,8 +323,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    """The case table and the hypothesis verdicts, read from the store (so `-n 2` workers' results show too),
-    then the gate's report where `--pqqp-gate` was given."""
+    """The Ray run's line where `--pqqp-ray` was given, the case table and the hypothesis verdicts, read from the
+    store (so `-n 2` workers' results show too), then the gate's report where `--pqqp-gate` was given."""
+    if RAY_SUMMARY in config.stash:
+        terminalreporter.write_line(f"pqqp-bench: {config.stash[RAY_SUMMARY]}")
     summary(terminalreporter, config)
     if GATE_REPORT in config.stash:
         terminalreporter.write_sep("=", "pqqp-bench: regression gate")

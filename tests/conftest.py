@@ -58,21 +58,26 @@ def tokens() -> torch.Tensor:
     return torch.randint(1, len(CHARS) + 1, (8, 32), generator=torch.Generator().manual_seed(1))
 
 
-@pytest.fixture
-def model_dir(tmp_path: Path) -> Path:
+def save_tiny_llama(folder: Path) -> Path:
     """A tiny Llama with its tokenizer saved as a local HF folder."""
-    folder = tmp_path / "tiny-llama"
     tiny_llama().save_pretrained(folder)
     char_tokenizer().save_pretrained(folder)
     return folder
 
 
-@pytest.fixture
-def text_file(tmp_path: Path) -> Path:
+def write_corpus(path: Path) -> Path:
     """A small English-like text file, long enough for a few windows of 32 characters."""
     words = "the order of pruning and quantization changes a compressed model".split()
     gen = torch.Generator().manual_seed(2)
-    text = " ".join(words[i] for i in torch.randint(0, len(words), (3000,), generator=gen).tolist())
-    path = tmp_path / "corpus.txt"
-    path.write_text(text)
+    path.write_text(" ".join(words[i] for i in torch.randint(0, len(words), (3000,), generator=gen).tolist()))
     return path
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    return save_tiny_llama(tmp_path / "tiny-llama")
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    return write_corpus(tmp_path / "corpus.txt")
