@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -85,31 +86,23 @@ def home_of(model: nn.Module) -> DiskHome | None:
     return getattr(model, HOME_ATTRIBUTE, None)
 
 
+@contextmanager
 def visiting(home: DiskHome | None, index: int, block: nn.Module, device: torch.device, changed: bool = False
-             ) -> "BlockVisit":
-    """Context manager: the block on `device` for its turn, back home afterwards (written back if `changed`)."""
-    return BlockVisit(home, index, block, device, changed)
-
-
-class BlockVisit:
-    """The block's turn on the compute device: fetched from disk (or moved there), then sent back."""
-
-    def __init__(self, home: DiskHome | None, index: int, block: nn.Module, device: torch.device, changed: bool) -> None:
-        self.home, self.index, self.block, self.device, self.changed = home, index, block, device, changed
-        self.back = next((p.device for p in block.parameters()), device)
-
-    def __enter__(self) -> nn.Module:
-        if self.home is None:
-            self.block.to(self.device)
+             ) -> Iterator[nn.Module]:
+    """The block on `device` for its turn: fetched from disk (or moved there), then sent back where it was
+    (written back first if `changed`)."""
+    back = next((p.device for p in block.parameters()), device)
+    if home is None:
+        block.to(device)
+    else:
+        home.fetch(index, block, device)
+    try:
+        yield block
+    finally:
+        if home is None:
+            block.to(back)
         else:
-            self.home.fetch(self.index, self.block, self.device)
-        return self.block
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.home is None:
-            self.block.to(self.back)
-        else:
-            self.home.release(self.index, self.block, self.changed)
+            home.release(index, block, changed)
 
 
 def refuse_model_scope(model: nn.Module, stages: Iterator) -> None:

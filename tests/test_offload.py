@@ -63,7 +63,7 @@ def test_layerwise_perplexity_matches_for_per_block_masks(tokens: torch.Tensor) 
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cpu_offload_evaluates_on_the_gpu_under_a_memory_cap(model_dir: Path, text_file: Path) -> None:
+def test_cpu_offload_keeps_blocks_on_the_host_and_computes_on_the_gpu(model_dir: Path, text_file: Path) -> None:
     memory = experiment(model_dir, text_file, "none").run("wanda:p=0.4 > rtn:w=4,a=4,kv=4")
     cpu = Experiment(Settings(model=str(model_dir), corpus=str(text_file), seqlen=32, calib_samples=4,
                               eval_tokens=256, device="cuda", offload="cpu", progress=False))

@@ -42,6 +42,13 @@ def window_nll(model: PreTrainedModel, batch: torch.Tensor) -> torch.Tensor:
     return nll.view(targets.shape).sum(dim=1)
 
 
+def result(sums: list[float], windows: torch.Tensor, start: float) -> PerplexityResult:
+    """Perplexity from the per-window NLL sums of `windows` ([n, seqlen]), timed from `start`."""
+    n, seqlen = windows.shape
+    tokens = n * (seqlen - 1)
+    return PerplexityResult(math.exp(sum(sums) / tokens), seqlen, n, tokens, sums, time.perf_counter() - start)
+
+
 @torch.inference_mode()
 def perplexity(
     model: PreTrainedModel,
@@ -57,10 +64,7 @@ def perplexity(
     batches = windows.split(batch_size)
     for batch in tqdm(batches, desc="perplexity", unit="batch", disable=not progress, leave=False):
         sums += window_nll(model, batch.to(device)).tolist()
-    n, seqlen = windows.shape
-    tokens = n * (seqlen - 1)
-    ppl = math.exp(sum(sums) / tokens)
-    return PerplexityResult(ppl, seqlen, n, tokens, sums, time.perf_counter() - start)
+    return result(sums, windows, start)
 
 
 @torch.inference_mode()
@@ -104,6 +108,4 @@ def layerwise_perplexity(
                 del block.forward
     finally:
         move_outside_blocks(model, blocks, outside)
-    n, seqlen = windows.shape
-    tokens = n * (seqlen - 1)
-    return PerplexityResult(math.exp(sum(sums) / tokens), seqlen, n, tokens, sums, time.perf_counter() - start)
+    return result(sums, windows, start)
