@@ -40,13 +40,15 @@ SHAPES = {  # published configurations, written out so that nothing is downloade
 }
 
 
-def random_model_folder(name: str, folder: Path, dtype: torch.dtype, tokenizer: str) -> Path:
+def random_model_folder(name: str, folder: Path, dtype: torch.dtype, tokenizer: str, layers: int | None = None) -> Path:
     """A Llama-architecture folder with the shape `SHAPES[name]` and random weights, tensor by tensor (the
-    whole model is never in memory at once), plus the tokenizer of `tokenizer` (a folder or model name)."""
+    whole model is never in memory at once), plus the tokenizer of `tokenizer` (a folder or model name).
+    `layers` keeps only that many decoder blocks (each block's cost is that of the full model's blocks)."""
     from accelerate import init_empty_weights
     from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(**SHAPES[name], torch_dtype=str(dtype).removeprefix("torch."))
+    shape = SHAPES[name] | ({"num_hidden_layers": layers} if layers else {})
+    config = LlamaConfig(**shape, torch_dtype=str(dtype).removeprefix("torch."))
     with init_empty_weights():
         skeleton = LlamaForCausalLM(config)
     make = "cuda" if torch.cuda.is_available() else "cpu"
@@ -84,6 +86,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m", help="embedded name, HF id or folder (default smollm2-135m)")
     parser.add_argument("--random", choices=sorted(SHAPES), help="a model of this shape with random weights instead")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="--random: keep only this many decoder blocks (per-block costs of the full shape, for "
+                             "methods too slow to run on all of them; default: all)")
     parser.add_argument("--dtype", default="float32", help="weights of --random on disk: float32 or bfloat16")
     parser.add_argument("--tokenizer", default=None,
                         help="--random: a folder with the tokenizer to use (default: the embedded model's)")
@@ -102,7 +107,8 @@ def main() -> None:
         if args.random:
             start = time.perf_counter()
             tokenizer = args.tokenizer or resolve("smollm2-135m", default_cache_dir())[0]
-            model = str(random_model_folder(args.random, Path(tmp), getattr(torch, args.dtype), tokenizer))
+            model = str(random_model_folder(args.random, Path(tmp), getattr(torch, args.dtype), tokenizer,
+                                                args.layers))
             print(f"random {args.random} ({args.dtype}) written in {time.perf_counter() - start:.1f} s", flush=True)
         settings = Settings(model=model, seqlen=args.seqlen, calib_samples=args.calib_samples,
                             eval_tokens=args.eval_tokens, device=args.device, offload=args.offload, progress=False)
@@ -131,7 +137,8 @@ def main() -> None:
     print(tabulate(rows, headers="keys", floatfmt=".2f"))
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "model": args.random or args.model, "random_weights": bool(args.random), "parameters": params,
+            "model": args.random or args.model, "layers": experiment.loaded.model.config.num_hidden_layers,
+            "random_weights": bool(args.random), "parameters": params,
             "device": experiment.device, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "settings": vars(args), "load_s": experiment.load_seconds, "cases": rows}, indent=1))
 
