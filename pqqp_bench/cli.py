@@ -21,7 +21,7 @@ from .compress import bits_label
 from .data import available_corpora
 from .errors import PqqpError
 from .experiment import CaseResult, Experiment, Settings
-from .methods import METHODS
+from .methods import registry
 from .models import available_models
 from .ray_runner import ADDRESSES, LOCAL
 from .spec import parse_recipe
@@ -286,12 +286,15 @@ def command_corpora(args: argparse.Namespace) -> int:
 
 
 def command_methods(args: argparse.Namespace) -> int:
+    found = registry()
     rows = [
-        (m.name, m.kind, m.granularity, "yes" if m.needs_calibration else "no",
-         ", ".join(f"{p.name} ({p.accepted})" for p in m.params), m.summary)
-        for m in METHODS.values()
+        (name, m.method.kind, m.method.granularity, "yes" if m.method.needs_calibration else "no",
+         ", ".join(f"{p.name} ({p.accepted})" for p in m.method.params), f"{m.package} {m.version}", m.method.summary)
+        for name, m in found.methods.items()
     ]
-    print(tabulate(rows, headers=["method", "kind", "granularity", "calibration", "parameters", "what"]))
+    print(tabulate(rows, headers=["method", "kind", "granularity", "calibration", "parameters", "source", "what"]))
+    for name, why in found.broken.items():
+        print(f"pqqp: plugin method '{name}' failed to load and is left out: {why}", file=sys.stderr)
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
@@ -62,6 +63,7 @@ class CompressionReport:
     kv_bits: list[int | None] = field(default_factory=list)
     structure: list[dict] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
     grids: dict[str, WeightGrid] = field(default_factory=dict, repr=False)
 
     def achieved(self) -> dict[str, float | None]:
@@ -145,7 +147,8 @@ def record(work: LayerWork, prefix: str) -> list[LinearRecord]:
     return rows
 
 
-def compress_block(work: LayerWork, stages: tuple[Method, ...], inputs: list[torch.Tensor], kwargs: dict, seconds: dict) -> None:
+def compress_block(work: LayerWork, stages: tuple[Method, ...], inputs: list[torch.Tensor], kwargs: dict, seconds: dict,
+                   broken: dict[str, Counter]) -> None:
     for stage in stages:
         start = time.perf_counter()
         if stage.statistic is not None:
@@ -154,7 +157,51 @@ def compress_block(work: LayerWork, stages: tuple[Method, ...], inputs: list[tor
             work.stats = stats
         stage.apply(work)
         work.stats = {}
+        if not stage.builtin():
+            broken.setdefault(stage.canonical(), Counter()).update(reconcile(work))
         seconds[stage.canonical()] = seconds.get(stage.canonical(), 0.0) + time.perf_counter() - start
+
+
+def reconcile(work: LayerWork) -> Counter:
+    """After a plugin stage, take the block's weights as they are where the stage broke what earlier stages set.
+
+    Our own methods keep every earlier mask and grid (`record` raises if not: a bug). A plugin wraps a library
+    that may not (GPTQ implementations that refill pruned weights, pruners that move quantized weights off
+    their grid): then the mask shrinks to the weights still zero, the grid and its bits are dropped, and the
+    counts returned here become the report's `flags`, so the achieved ratio is the honest one and the case
+    says why it missed the requested one.
+    """
+    counts: Counter = Counter()
+    for name, linear in work.linears.items():
+        weight = linear.weight.data
+        mask = work.masks.get(name)
+        if mask is not None:
+            mask = mask.to(weight.device)
+            refilled = ~mask & (weight != 0)
+            counts["pruned"] += int((~mask).sum())
+            if refilled.any():
+                counts["refilled"] += int(refilled.sum())
+                counts["linears refilled"] += 1
+                work.masks[name] = mask | refilled
+        grid = work.grids.get(name)
+        if grid is not None and not grid.holds(weight.to(grid.scale.device)):
+            counts["linears off their grid"] += 1
+            del work.grids[name]
+            work.bits.get(name, {}).pop("w", None)
+    return counts
+
+
+def flag_lines(broken: dict[str, Counter]) -> list[str]:
+    """One line per plugin stage that broke an earlier stage's masks or grids."""
+    lines = []
+    for stage, counts in broken.items():
+        if counts["refilled"]:
+            lines.append(f"{stage} refilled {counts['refilled'] / counts['pruned']:.1%} of the weights pruned before it "
+                         f"(in {counts['linears refilled']} Linears)")
+        if counts["linears off their grid"]:
+            lines.append(f"{stage} moved {counts['linears off their grid']} quantized Linears off their grid: "
+                         "counted as not quantized")
+    return lines
 
 
 def segments(stages: tuple[Method, ...]) -> list[tuple[Method, ...]]:
@@ -182,22 +229,26 @@ def block_work(block: nn.Module, index: int, works: dict[int, LayerWork], seed: 
 
 def adopt_weight_grids(model: PreTrainedModel, result: dict, works: dict[int, LayerWork], seed: int) -> None:
     """Move what a model-scope quantizer hands back out of its `result` into the block works: `bits` (weight bits)
-    and `grids` (WeightGrid), each keyed by `blocks.<i>.<linear>`. Later stages then keep those grids, and
+    and `grids` (WeightGrid), each keyed by `blocks.<i>.<linear>`; a model-scope pruner's `masks` (bool, True =
+    kept) likewise. Later stages then keep those grids, and
     `record()` reports the bits and checks that the weights sit on the grids, as for a layer-scope quantizer."""
-    bits, grids = result.pop("bits", {}), result.pop("grids", {})
+    bits, grids, masks = result.pop("bits", {}), result.pop("grids", {}), result.pop("masks", {})
     blocks = decoder_blocks(model)
-    for path in dict.fromkeys([*bits, *grids]):
+    for path in dict.fromkeys([*bits, *grids, *masks]):
         _, index, name = path.split(".", 2)
         work = block_work(blocks[int(index)], int(index), works, seed)
-        if path in bits:
-            work.bits.setdefault(name, {})["w"] = bits[path]
+        if path in bits:  # weight bits, or a dict of bits by what is quantized ({"w": 4, "a": 8})
+            work.bits.setdefault(name, {}).update(bits[path] if isinstance(bits[path], dict) else {"w": bits[path]})
         if path in grids:
             work.grids[name] = grids[path]
+        if path in masks:
+            earlier = work.masks.get(name)
+            work.masks[name] = masks[path] if earlier is None else masks[path] & earlier.to(masks[path].device)
 
 
 def layer_pass(
     model: PreTrainedModel, stages: tuple[Method, ...], calibration: torch.Tensor | None, device: torch.device,
-    works: dict[int, LayerWork], seconds: dict[str, float], progress: bool, seed: int,
+    works: dict[int, LayerWork], seconds: dict[str, float], progress: bool, seed: int, broken: dict[str, Counter],
 ) -> None:
     """Apply layer-scope `stages` block by block, calibrating each block on the compressed blocks before it."""
     blocks = decoder_blocks(model)
@@ -217,7 +268,7 @@ def layer_pass(
         with visiting(home_of(model), index, block, device, changed=True):
             work = block_work(block, index, works, seed)
             work.reference = {n: lin.weight.data.clone() for n, lin in work.linears.items()}
-            compress_block(work, stages, inputs, calls[index], seconds)
+            compress_block(work, stages, inputs, calls[index], seconds, broken)
             work.reference = {}  # held for the block's pass only: kept for every block it would cost a model copy
             if needs_inputs and index + 1 < len(blocks):
                 start = time.perf_counter()
@@ -255,13 +306,17 @@ def compress(
     if needed and (calibration is None or calibration.numel() == 0):
         raise PqqpError(f"recipe '{recipe}' needs calibration samples (for {', '.join(needed)}): pass calibration token ids")
     works: dict[int, LayerWork] = {}
+    broken: dict[str, Counter] = {}
     for run in segments(recipe.stages):
         if run[0].scope == "layer":
-            layer_pass(model, run, calibration, device, works, report.seconds, progress, seed)
+            layer_pass(model, run, calibration, device, works, report.seconds, progress, seed, broken)
             continue
         start = time.perf_counter()
         result = run[0].apply_model(model, calibration, device, seed, progress=progress)
         adopt_weight_grids(model, result, works, seed)
+        if not run[0].builtin():
+            for index, block in enumerate(decoder_blocks(model)):
+                broken.setdefault(run[0].canonical(), Counter()).update(reconcile(block_work(block, index, works, seed)))
         report.structure.append({"stage": run[0].canonical(), **result})
         report.seconds[run[0].canonical()] = time.perf_counter() - start
     disk = home_of(model)
@@ -271,4 +326,5 @@ def compress(
             report.linears += record(work, f"blocks.{index}")
         report.grids.update({f"blocks.{index}.{name}": grid for name, grid in work.grids.items()})
         report.kv_bits.append(work.kv_bits)
+    report.flags = flag_lines(broken)
     return report

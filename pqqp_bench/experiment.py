@@ -68,6 +68,7 @@ class CaseResult:
             "ppl": self.perplexity.ppl,
             "requested": self.report.requested,
             "achieved": self.report.achieved(),
+            **({"flags": self.report.flags} if self.report.flags else {}),
             "seconds": self.seconds,
             "perplexity": {k: v for k, v in asdict(self.perplexity).items() if k != "window_nll"},
         }

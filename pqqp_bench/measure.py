@@ -164,8 +164,7 @@ class Bench:
         experiment = self.experiment(model)
         dense = decoder_blocks(experiment.loaded.model)
         narrowest = min(lin.in_features for b in dense for lin in block_linears(b).values())
-        tolerance = 0.5 / narrowest + (0.5 / len(dense) if any(s.scope == "model" and s.kind == "prune"
-                                                                for s in recipe.stages) else 0.0)
+        tolerance = 0.5 / narrowest + (0.5 / len(dense) if any(s.removes_blocks for s in recipe.stages) else 0.0)
         if self.suite.metric == METRIC:
             value, evaluated, seconds = self.perplexity(experiment, recipe, seed, compressed)
         else:
@@ -180,6 +179,7 @@ class Bench:
         p = case.perplexity
         return p.ppl, {
             "requested": case.report.requested, "achieved": case.report.achieved(), "structure": case.report.structure,
+            **({"flags": case.report.flags} if case.report.flags else {}),
             "window_nll": p.window_nll, "tokens": p.tokens, "windows": p.windows, "seqlen": p.seqlen,
             "convention": p.convention,
         }, case.seconds
@@ -199,6 +199,7 @@ class Bench:
                                manager=self.task_managers[s.corpus])
         return result.value, {
             "requested": report.requested, "achieved": report.achieved(), "structure": report.structure,
+            **({"flags": report.flags} if report.flags else {}),
             "samples": result.samples, "documents": len(result.samples), "lm_eval_stderr": result.stderr,
             "max_length": result.max_length, "convention": result.convention,
         }, {"compress": compress_seconds, "evaluate": result.seconds}
@@ -271,6 +272,7 @@ class Bench:
         return value, {
             "order": recipe.order, **result, **served, "backend_reason": backend.reason,
             "requested": report.requested, "achieved": report.achieved(), "structure": report.structure,
+            **({"flags": report.flags} if report.flags else {}),
             "dense_tokens_per_s": dense_value, "dense_created": dense.created if dense else "",
             "speedup": value / dense_value, "seconds": {"compress": compress_seconds, "measure": result["elapsed"]},
         }

@@ -64,10 +64,10 @@ class Recipe:
         memory ratio C_P * C_Q (times the parameter-sharing ratio C_S where a recipe shares). Weight pruners' ratios
         add up (each prunes p more of every row); block removal (SLEB) multiplies, since the weight pruners then
         act on the blocks that are left."""
-        row = sum(s.sparsity for s in self.stages if s.kind == "prune" and s.scope == "layer")
+        row = sum(s.sparsity for s in self.stages if s.kind == "prune" and not s.removes_blocks)
         kept = max(0.0, 1.0 - row)
         for stage in self.stages:
-            if stage.kind == "prune" and stage.scope == "model":
+            if stage.kind == "prune" and stage.removes_blocks:
                 kept *= 1.0 - stage.sparsity
         prune = 1.0 / kept if kept > 0.0 else float("inf")
         quant = max((s.ratio() for s in self.stages if s.kind == "quant"), default=1.0)

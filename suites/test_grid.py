@@ -42,6 +42,8 @@ def test_case(pqqp_bench, pqqp_case) -> None:
     for m in pqqp_bench.measure_case(pqqp_case):
         ach, req = m.details["achieved"], m.details["requested"]
         assert math.isfinite(m.value), f"{pqqp_case.recipe}: perplexity {m.value}"
+        assert not m.details.get("flags"), (  # a plugin's library broke what an earlier stage set (compress.reconcile)
+            f"{pqqp_case.recipe}: achieved {ach}, flagged: " + "; ".join(m.details["flags"]))
         stages = max(1, sum(s.kind == "prune" for s in pqqp_case.recipe.stages))  # each rounds its count once
         assert 1.0 / req["prune"] == pytest.approx(1.0 - ach["sparsity"], abs=stages * m.details["sparsity_tolerance"]), (
             f"{pqqp_case.recipe}: requested C_P {req['prune']:.4f}, achieved sparsity {ach['sparsity']:.4f}")

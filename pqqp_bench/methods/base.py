@@ -147,6 +147,7 @@ class Method:
     statistic: ClassVar[Statistic | None] = None
     params: ClassVar[tuple[Param, ...]] = ()
     summary: ClassVar[str] = ""
+    removes_blocks: ClassVar[bool] = False  # a pruner that removes whole decoder blocks (SLEB): its ratio multiplies
 
     def __init__(self, **values: Any) -> None:
         known = {p.name: p for p in self.params}
@@ -189,8 +190,23 @@ class Method:
         return self.name + (":" + ",".join(shown) if shown else "")
 
     def full(self) -> dict[str, Any]:
-        """Every parameter with its value, defaults included: what the cache key hashes."""
-        return {"method": self.name, **{k: format_value(v) for k, v in self.values.items()}}
+        """Every parameter with its value, defaults included: what the cache key hashes. A plugin method adds
+        its package and version, so that another release of the library it wraps is another measurement."""
+        from . import source_of  # the registry imports this module
+
+        entry = source_of(type(self))
+        plugin = {"package": f"{entry.package}=={entry.version}"} if entry and not entry.builtin else {}
+        return {"method": self.name, **{k: format_value(v) for k, v in self.values.items()}, **plugin}
+
+    @classmethod
+    def builtin(cls) -> bool:
+        """Whether the method is held to the harness's invariants as errors (its own methods, and classes that
+        are not registered at all) rather than a plugin's (a broken invariant is reported with the case:
+        `compress.reconcile`)."""
+        from . import source_of
+
+        entry = source_of(cls)
+        return entry is None or entry.builtin
 
     def apply(self, work: LayerWork) -> None:
         raise NotImplementedError

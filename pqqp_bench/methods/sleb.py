@@ -168,6 +168,7 @@ class SLEB(Method):
     selection affordable (the paper's own ablation finds the choice stable with few samples).
     """
 
+    removes_blocks = True
     name = "sleb"
     kind = "prune"
     scope = "model"
