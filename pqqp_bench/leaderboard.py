@@ -35,7 +35,7 @@ from .hypothesis import CER, Point, oriented, quant_ratio
 from .measure import METRIC, Bench, Missing
 from .ordering import OrderOutcome, summarize
 from .report import PipelineVerdict, Verdict, fmt, order_outcomes, pipeline_verdict, summary_text, trend, verdict
-from .spec import Recipe
+from .spec import Recipe, parse_recipe
 from .store import Measurement
 from .suite import ORDERS, Case, HypothesisSpec, OrderSpec, PipelineSpec, Suite, compact
 
@@ -403,11 +403,51 @@ def order_tables(board: ModelBoard) -> list[Table]:
                   f"Summary: {summary_text(summary)}.")]
 
 
+def algorithm(recipe: Recipe) -> str:
+    """The recipe with every plugin stage named after the built-in method it implements (`implements`), so
+    that two implementations of the same recipe share this text."""
+    return " > ".join(stage.canonical().replace(stage.name, stage.implements or stage.name, 1)
+                      for stage in recipe.stages)
+
+
+def implementations(recipe: Recipe) -> str:
+    """Which package implements each stage: `ours` for the harness's methods, else the plugin's package."""
+    return " > ".join("ours" if stage.builtin() else stage.full().get("package", "plugin") for stage in recipe.stages)
+
+
+def implementation_table(board: ModelBoard) -> Table | None:
+    """Every stored single and joint case next to the cases that run the same algorithms through other
+    implementations (plugins declaring `implements`): metric, achieved ratio, compression time, flags."""
+    measured = [m for m in board.measurements() if m.key.metric == METRIC and m.key.recipe]
+    groups: dict[str, list[Measurement]] = {}
+    for m in measured:
+        groups.setdefault(algorithm(parse_recipe(m.key.recipe)), []).append(m)
+    rows = []
+    for name, ms in sorted(groups.items()):
+        recipes = sorted({m.key.recipe for m in ms}, key=lambda r: (not all(s.builtin() for s in parse_recipe(r).stages), r))
+        if len(recipes) < 2:
+            continue
+        for text in recipes:  # ours first
+            runs = [m for m in ms if m.key.recipe == text]
+            rows.append((compact(name), compact(text), implementations(parse_recipe(text)), spread(runs).text(),
+                         number(achieved_total(runs), 4),
+                         number(statistics.median(m.details.get("seconds", {}).get("compress", math.nan) for m in runs), 3),
+                         "; ".join(sorted({f for m in runs for f in m.details.get("flags", ())})) or ""))
+    if not rows:
+        return None
+    return Table("Implementations of the same recipe", ("algorithm", "recipe run", "implementation", "ppl",
+                                                       "C achieved", "compress s", "flags"), tuple(rows),
+                 "Each group runs one recipe through the harness's own methods and through plugins that implement "
+                 "the same algorithms (docs/plugins.md); C achieved counts the weights as they are, and a flag says "
+                 "where a library broke what an earlier stage set (pruned weights refilled, weights off a grid).")
+
+
 def model_tables(board: ModelBoard, suite: Suite) -> list[Table]:
     tables = [dense_table(board)]
     if has_grid(suite):
         tables += [quantized_table(board), pruned_table(board, suite.quantizers), joint_table(board),
                    verdict_table(board, suite.noise_sigmas)]
+        tables += [t for t in (implementation_table(board),) if t is not None]
     tables += pipeline_tables(board) + order_tables(board)
     return tables + ([throughput_table(board, suite)] if suite.throughput else [])
 

@@ -134,3 +134,31 @@ def test_builtin_methods_are_listed_with_this_package(capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert all(re.search(rf"^{name} .*pqqp-bench", out, flags=re.M) for name in ("magnitude", "sparsegpt", "gptq"))
     assert isinstance(registry().methods["gptq"].method, type) and issubclass(registry().methods["gptq"].method, Method)
+
+
+class OtherMagnitude(Magnitude):
+    """Another implementation of the built-in magnitude pruner, as a plugin would ship it."""
+
+    name = "other-magnitude"
+    implements = "magnitude"
+
+
+def test_the_leaderboard_sets_implementations_of_one_recipe_side_by_side(entry_points, tmp_path: Path) -> None:
+    from pqqp_bench.leaderboard import build
+    from pqqp_bench.suite import load_suite
+    from synthetic import fake_model, fill, open_bench, suite_yaml
+
+    entry_points(point("other-magnitude", f"{__name__}:OtherMagnitude"))
+    suite = load_suite(suite_yaml(tmp_path / "suite.yaml", fake_model(tmp_path / "toy"),
+                                  pruners="[magnitude, other-magnitude]"))
+    bench = open_bench(suite, tmp_path / "store.sqlite")
+    fill(bench)
+    build(bench, tmp_path / "board", "pqqp leaderboard")
+    text = (tmp_path / "board" / "leaderboard.md").read_text()
+    section = text[text.index("#### Implementations of the same recipe"):].split("####")[1]
+    rows = [line for line in section.splitlines() if line.startswith("| magnitude:p=0.3>rtn:w=4")]
+    assert [row.split("|")[2].strip() for row in rows] == ["magnitude:p=0.3>rtn:w=4,a=4,kv=4",
+                                                           "other-magnitude:p=0.3>rtn:w=4,a=4,kv=4"]
+    assert rows[0].split("|")[3].strip() == "ours > ours" and rows[1].split("|")[3].strip() != "ours > ours"
+    cells = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")]
+    assert "magnitude:p=0.3" in cells and "rtn:w=4,a=4,kv=4" not in cells  # one implementation only: not listed

@@ -148,6 +148,7 @@ class Method:
     params: ClassVar[tuple[Param, ...]] = ()
     summary: ClassVar[str] = ""
     removes_blocks: ClassVar[bool] = False  # a pruner that removes whole decoder blocks (SLEB): its ratio multiplies
+    implements: ClassVar[str | None] = None  # a plugin's: the built-in method it is another implementation of
 
     def __init__(self, **values: Any) -> None:
         known = {p.name: p for p in self.params}
