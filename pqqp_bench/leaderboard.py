@@ -35,6 +35,7 @@ from .hypothesis import CER, Point, oriented, quant_ratio
 from .measure import METRIC, Bench, Missing
 from .ordering import OrderOutcome, summarize
 from .report import PipelineVerdict, Verdict, fmt, order_outcomes, pipeline_verdict, summary_text, trend, verdict
+from .methods.base import format_value
 from .spec import Recipe, parse_recipe
 from .store import Measurement
 from .suite import ORDERS, Case, HypothesisSpec, OrderSpec, PipelineSpec, Suite, compact
@@ -403,11 +404,18 @@ def order_tables(board: ModelBoard) -> list[Table]:
                   f"Summary: {summary_text(summary)}.")]
 
 
+ALGORITHM_PARAMS = ("p", "nm", "w", "a", "kv", "g")  # what makes two implementations the same recipe
+
+
 def algorithm(recipe: Recipe) -> str:
-    """The recipe with every plugin stage named after the built-in method it implements (`implements`), so
-    that two implementations of the same recipe share this text."""
-    return " > ".join(stage.canonical().replace(stage.name, stage.implements or stage.name, 1)
-                      for stage in recipe.stages)
+    """The recipe with every plugin stage named after the built-in method it implements (`implements`) and
+    only the parameters that define the compression (ratio, bits, group size), so that implementations of the
+    same recipe share this text whatever their other knobs (clipping, damping) are called."""
+    stages = []
+    for stage in recipe.stages:
+        shown = [f"{k}={format_value(stage.values[k])}" for k in ALGORITHM_PARAMS if stage.values.get(k) is not None]
+        stages.append((stage.implements or stage.name) + (":" + ",".join(shown) if shown else ""))
+    return " > ".join(stages)
 
 
 def implementations(recipe: Recipe) -> str:
