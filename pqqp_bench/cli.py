@@ -80,6 +80,7 @@ def describe(case: CaseResult) -> str:
             f"  ->  C_P {ach['prune']:.3f}  C_Q {ach['quant']:.3f}  total {ach['total']:.3f}",
             f"perplexity {p.ppl:.4f}   ({p.convention}: {p.windows} x {p.seqlen} tokens)",
             f"time       compress {case.seconds['compress']:.1f} s, evaluate {case.seconds['evaluate']:.1f} s",
+            *(f"flagged    {line}" for line in case.report.flags),
         ]
     )
 

@@ -313,6 +313,9 @@ def compress(
             continue
         start = time.perf_counter()
         result = run[0].apply_model(model, calibration, device, seed, progress=progress)
+        for block in decoder_blocks(model):  # a model-scope stage may have replaced Linear modules
+            if id(block) in works:
+                works[id(block)].linears = block_linears(block)
         adopt_weight_grids(model, result, works, seed)
         if not run[0].builtin():
             for index, block in enumerate(decoder_blocks(model)):

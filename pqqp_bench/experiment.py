@@ -69,6 +69,7 @@ class CaseResult:
             "requested": self.report.requested,
             "achieved": self.report.achieved(),
             **({"flags": self.report.flags} if self.report.flags else {}),
+            "structure": self.report.structure,
             "seconds": self.seconds,
             "perplexity": {k: v for k, v in asdict(self.perplexity).items() if k != "window_nll"},
         }

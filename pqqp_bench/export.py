@@ -174,7 +174,9 @@ def export(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", repor
 def integers(q: QuantizedLinear) -> tuple[torch.Tensor, torch.Tensor]:
     """The Linear's integer levels [out, in] and its scales [out, groups], exactly as the grid holds them."""
     grid = q.grid
-    assert grid is not None and grid.symmetric
+    if type(grid) is not WeightGrid or not grid.symmetric:  # a plugin's grid (e.g. quanto's float shift) does not
+        raise PqqpError(f"{q.path}: its weights are on a {type(grid).__name__} that is not symmetric integer: accepted "
+                        "for export the symmetric grids of rtn, gptq and mpq")
     scale, _ = grid.columns(0, q.linear.in_features)
     levels = torch.round(q.linear.weight.data.float() / scale)
     if not torch.equal(levels * scale, q.linear.weight.data.float()):

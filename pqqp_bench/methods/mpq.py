@@ -322,7 +322,7 @@ class MPQ(Method):
 
         works = gptq_works(model, set(group), seed)
         stage = GPTQ(w=bits, g=self.values["g"], clip=self.values["clip"])
-        layer_pass(model, (stage,), calibration, device, works, {}, progress, seed)
+        layer_pass(model, (stage,), calibration, device, works, {}, progress, seed, {})
         return {f"blocks.{w.index}.{name}": grid for w in works.values() for name, grid in w.grids.items()}
 
 

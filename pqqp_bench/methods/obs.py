@@ -13,6 +13,8 @@ from typing import Protocol
 
 import torch
 
+from ..errors import PqqpError
+
 
 class Targets(Protocol):
     """What a method decides during the sweep."""
@@ -34,7 +36,10 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> tuple[torch.Te
     dead = torch.diag(hessian) == 0
     hessian[dead, dead] = 1.0
     hessian += damp * torch.diag(hessian).mean() * torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
-    lower = torch.linalg.cholesky(hessian)
+    lower, info = torch.linalg.cholesky_ex(hessian)
+    if info.item():
+        raise PqqpError(f"the Hessian with damp={damp:g} is not positive definite (too few calibration tokens for "
+                        f"{hessian.shape[0]} inputs?): accepted a larger damp, e.g. 0.01, or more calibration samples")
     inverse = torch.cholesky_inverse(lower)
     return torch.linalg.cholesky(inverse, upper=True).float(), dead
 
