@@ -51,8 +51,10 @@ def test_case(pqqp_bench, pqqp_case) -> None:
             if "avg" in stage.values:  # mixed precision: the parameter-weighted mean weight bits meet the budget
                 assert float(ach["w_bits"]) <= stage.values["avg"] + 1e-9, f"{pqqp_case.recipe}: achieved {ach}"
                 continue
-            wanted = tuple(stage.values[k] for k in ("w", "a", "kv"))
-            assert (ach["w_bits"], ach["a_bits"], ach["kv_bits"]) == wanted, f"{pqqp_case.recipe}: achieved {ach}"
+            for k in ("w", "a", "kv"):  # a plugin may lack a (None: not quantized) or name a format (a=fp8)
+                wanted = stage.values.get(k)
+                if wanted is None or isinstance(wanted, int):
+                    assert ach[f"{k}_bits"] == wanted, f"{pqqp_case.recipe}: {k} bits {wanted} asked, achieved {ach}"
 
 
 def test_progressive_intensity(pqqp_bench, pqqp_hypothesis) -> None:
