@@ -162,3 +162,26 @@ def test_the_leaderboard_sets_implementations_of_one_recipe_side_by_side(entry_p
     assert rows[0].split("|")[3].strip() == "ours > ours" and rows[1].split("|")[3].strip() != "ours > ours"
     cells = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")]
     assert "magnitude:p=0.3" in cells and "rtn:w=4,a=4,kv=4" not in cells  # one implementation only: not listed
+
+
+class Refill(Magnitude):
+    """A plugin stage that breaks the engine's invariants: it refills every pruned weight of the first Linear."""
+
+    name = "refill"
+
+    def apply(self, work) -> None:
+        first = next(iter(work.linears.values()))
+        first.weight.data[first.weight.data == 0] = 0.5
+
+
+def test_a_plugin_that_refills_pruned_weights_is_flagged_and_counted_as_it_is(entry_points, model, tokens) -> None:
+    from pqqp_bench.compress import compress
+    from pqqp_bench.spec import Recipe
+
+    entry_points(point("refill", f"{__name__}:Refill"))
+    report = compress(model, Recipe((Magnitude(p=0.5), Refill(p=0.0))), tokens, progress=False)
+    first = [r for r in report.linears if r.name.endswith(".self_attn.q_proj")]
+    assert all(r.mask_sparsity == 0.0 and r.zero_fraction == 0.0 for r in first)  # refilled: no longer pruned
+    assert report.achieved()["sparsity"] < 0.5 - 0.01
+    share = sum(r.numel for r in first) / sum(r.numel for r in report.linears)  # every Linear was pruned by half
+    assert report.flags == [f"refill:p=0 refilled {share:.1%} of the weights pruned before it (in {len(first)} Linears)"]
