@@ -119,6 +119,7 @@ class LlmcPruner(LlmcMethod, Pruner):
 
 class LlmcSparseGPT(LlmcPruner):
     name = "llmc-sparsegpt"
+    implements = "sparsegpt"  # beside ours in the leaderboard's implementations table
     needs_calibration = True
     granularity = "weight (unstructured per column block, or N:M groups)"
     summary = "llm-compressor's SparseGPTModifier through oneshot"
@@ -140,6 +141,7 @@ class LlmcSparseGPT(LlmcPruner):
 
 class LlmcWanda(LlmcPruner):
     name = "llmc-wanda"
+    implements = "wanda"  # beside ours in the leaderboard's implementations table
     needs_calibration = True
     granularity = "weight (unstructured per output row, or N:M groups)"
     summary = "llm-compressor's WandaPruningModifier through oneshot"
@@ -186,6 +188,7 @@ class LlmcQuantizer(LlmcMethod, Quantizer):
 
 class LlmcGPTQ(LlmcQuantizer):
     name = "llmc-gptq"
+    implements = "gptq"  # beside ours in the leaderboard's implementations table
     needs_calibration = True
     granularity = "weight (per output channel or group)"
     summary = "llm-compressor's GPTQModifier through oneshot (weight-only int)"
@@ -204,6 +207,7 @@ class LlmcGPTQ(LlmcQuantizer):
 
 class LlmcRTN(LlmcQuantizer):
     name = "llmc-rtn"
+    implements = "rtn"  # beside ours in the leaderboard's implementations table
     needs_calibration = False
     granularity = "weight (per output channel or group)"
     summary = "llm-compressor's QuantizationModifier through oneshot: data-free round-to-nearest (weight-only int)"
