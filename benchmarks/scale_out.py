@@ -96,11 +96,11 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="pqqp-scale-out-"))
     warm_model_cache(args.suite.resolve())
     runs = [run_mode(m, args.workers, args.suite.resolve(), work / m, args.extra) for m in modes]
-    reference = stored(runs[0]["store"])
-    for run in runs:
+    stores = [stored(run["store"]) for run in runs]
+    for run, rows in zip(runs, stores):
         run["ratio"] = run["wall_s"] / runs[0]["wall_s"]
-        run["stored"] = len(stored(run["store"]))
-        run |= compare(reference, stored(run["store"]))
+        run["stored"] = len(rows)
+        run |= compare(stores[0], rows)
     print(tabulate([{k: r[k] for k in ("mode", "workers", "wall_s", "ratio", "exit", "stored", "identical",
                                        "different", "missing")} for r in runs], headers="keys", floatfmt=".2f"))
     print(f"stores and pytest logs: {work}")

@@ -83,13 +83,11 @@ def registry() -> Registry:
             raise PqqpError(f"plugin method '{point.name}' of package {package} clashes with the method of that name "
                             f"from {methods[point.name].package}: uninstall one of them")
         try:
-            cls = check_plugin(point.name, point.load(), package)
-        except PqqpError:
-            raise
+            loaded = point.load()
         except Exception as error:  # an optional library missing or broken: keep working without it
             broken[point.name] = f"{package} {version}: {type(error).__name__}: {error}".splitlines()[0]
             continue
-        methods[point.name] = Registered(cls, package, version)
+        methods[point.name] = Registered(check_plugin(point.name, loaded, package), package, version)
     return Registry(MappingProxyType(methods), MappingProxyType(broken))
 
 
