@@ -128,6 +128,16 @@ def input_statistics(linears: dict[str, nn.Linear], kind: str) -> Iterator[dict[
             handle.remove()
 
 
+def broken_invariants(work: LayerWork, name: str, weight: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
+    """What the Linear `name` no longer keeps of earlier stages: its pruned weights that are non-zero (None
+    without a mask), and whether its weights left their grid. `record` refuses either (our methods never do
+    it); `reconcile` takes the weights as they are after a plugin stage."""
+    mask = work.masks.get(name)
+    refilled = None if mask is None else ~mask.to(weight.device) & (weight != 0)
+    grid = work.grids.get(name)
+    return refilled, grid is not None and not grid.holds(weight.to(grid.scale.device))
+
+
 def record(work: LayerWork, prefix: str) -> list[LinearRecord]:
     """The achieved state of each Linear of a block, after checking that masks and grids were kept."""
     rows = []
@@ -135,11 +145,11 @@ def record(work: LayerWork, prefix: str) -> list[LinearRecord]:
         mask = work.masks.get(name)
         weight = linear.weight.data if mask is None else linear.weight.data.to(mask.device)  # blocks may be home again
         bits = work.bits.get(name, {})
-        if mask is not None and bool((weight[~mask] != 0).any()):
+        refilled, off_grid = broken_invariants(work, name, weight)
+        if refilled is not None and bool(refilled.any()):
             raise RuntimeError(f"{prefix}.{name}: a later stage made pruned weights non-zero (mask not kept)")
-        grid = work.grids.get(name)
-        if grid is not None and not grid.holds(weight.to(grid.scale.device)):
-            raise RuntimeError(f"{prefix}.{name}: a later stage moved weights off the {grid.bits}-bit grid")
+        if off_grid:
+            raise RuntimeError(f"{prefix}.{name}: a later stage moved weights off the {work.grids[name].bits}-bit grid")
         rows.append(LinearRecord(
             f"{prefix}.{name}", weight.numel(), 0.0 if mask is None else 1.0 - mask.float().mean().item(),
             (weight == 0).float().mean().item(), bits.get("w"), bits.get("a"),
@@ -173,18 +183,15 @@ def reconcile(work: LayerWork) -> Counter:
     """
     counts: Counter = Counter()
     for name, linear in work.linears.items():
-        weight = linear.weight.data
-        mask = work.masks.get(name)
-        if mask is not None:
-            mask = mask.to(weight.device)
-            refilled = ~mask & (weight != 0)
+        refilled, off_grid = broken_invariants(work, name, linear.weight.data)
+        if refilled is not None:
+            mask = work.masks[name].to(refilled.device)
             counts["pruned"] += int((~mask).sum())
             if refilled.any():
                 counts["refilled"] += int(refilled.sum())
                 counts["linears refilled"] += 1
                 work.masks[name] = mask | refilled
-        grid = work.grids.get(name)
-        if grid is not None and not grid.holds(weight.to(grid.scale.device)):
+        if off_grid:
             counts["linears off their grid"] += 1
             del work.grids[name]
             work.bits.get(name, {}).pop("w", None)
