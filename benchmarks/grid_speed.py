@@ -2,6 +2,7 @@
 
     python benchmarks/grid_speed.py [--suite suites/default.yaml] [--pruners magnitude,wanda] [--ratios 0.2,0.3]
                                     [--bits 6,8] [--curve-bits 4,6,8] [--eval-tokens 1024] [--calib-samples 4]
+    python benchmarks/grid_speed.py --suite suites/paper-fig3.yaml     # Fig. 3's grid at the reduced sizes
     python benchmarks/grid_speed.py --counts     # measurements each approach needs, for the shipped suites
 
 Both produce the same thing: for every point (model, pruner, quantizer, p, B) of the grid, A(Q->P) and the CER
@@ -11,8 +12,9 @@ curve (every curve bit width) and the joint recipe in both orders.
 * harness: `Bench` over a fresh results store: the model is loaded once, and each distinct measurement (the
   dense model, each single-method point, each curve point, each joint recipe) is computed once and reused by
   every point that needs it;
+  every case starts from the longest compressed prefix it shares with a case before it (prefixes.py);
 * naive loop: for each point, load the model and the corpus, then compress and evaluate everything the point
-  needs, with nothing shared between points (what a script per point does).
+  needs, with nothing shared between points (what a script per point does; no prefix cache).
 
 Measured in one run, one after the other, on the same machine; the script checks that both give identical
 metric values for every point, and prints the wall times, cases (points) per hour and the speed-up.
@@ -36,13 +38,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def harness(suite: Suite) -> tuple[dict, float, int]:
+    """The grid as `pytest suites/` runs it: every case in the suite's order (each recipe after the prefixes it
+    starts from, which the prefix cache holds), then the points read from the store."""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "grid.sqlite") as store:
         bench = Bench(suite, store, progress=False)
+        for case in suite.cases():
+            bench.measure_case(case)
         values = {}
         for spec in suite.points():
             point, extra = bench.point(spec)
             values[key(spec)] = (extra["ppl_qp"][0], extra["ppl_pq"][0], point.cer_p.value)
+        cache = next(iter(bench.experiments.values())).prefixes
+        print(f"prefix cache: {cache.hits} cases started from a cached prefix, {cache.misses} from the dense model, "
+              f"{cache.stored} prefixes stored", flush=True)
         return values, time.perf_counter() - start, len(bench.computed)
 
 
@@ -50,7 +59,7 @@ def naive(suite: Suite) -> tuple[dict, float, int]:
     start = time.perf_counter()
     values, measured = {}, 0
     for spec in suite.points():
-        experiment = Experiment(suite.settings(spec.model, progress=False))  # load model and corpus from scratch
+        experiment = Experiment(suite.settings(spec.model, progress=False, prefix_cache=0.0))  # from scratch, no reuse
         ppl = lambda recipe: experiment.run(recipe).perplexity.ppl  # noqa: E731
         curve = [(1.0, metric_from_ppl(ppl(Recipe(()))))]
         curve += [(quant_ratio(b), metric_from_ppl(ppl(r))) for b, r in suite.curve(spec.quantizer).items()]
@@ -75,11 +84,12 @@ def key(spec: PointSpec) -> tuple:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default=str(REPO / "suites" / "default.yaml"))
-    parser.add_argument("--pruners", default="magnitude,wanda")
-    parser.add_argument("--quantizers", default="rtn")
-    parser.add_argument("--ratios", default="0.2,0.3")
-    parser.add_argument("--bits", default="6,8")
-    parser.add_argument("--curve-bits", default="4,6,8")
+    parser.add_argument("--pruners", default=None, help="pruner templates (default: the suite's)")
+    parser.add_argument("--quantizers", default=None, help="quantizer templates, ';' between them (default: the suite's)")
+    parser.add_argument("--ratios", default=None, help="pruning ratios (default: the suite's)")
+    parser.add_argument("--bits", default=None, help="bit widths (default: the suite's)")
+    parser.add_argument("--curve-bits", default=None, help="curve bit widths (default: the suite's)")
+    parser.add_argument("--schedule", default=None, choices=("staged", "fused"), help="(default: the suite's)")
     parser.add_argument("--eval-tokens", type=int, default=1024)
     parser.add_argument("--calib-samples", type=int, default=4)
     parser.add_argument("--counts", action="store_true",
@@ -93,11 +103,11 @@ def main() -> None:
         return
     suite = load_suite(args.suite, pruners=args.pruners, quantizers=args.quantizers, ratios=args.ratios,
                        bits=args.bits, curve_bits=args.curve_bits, eval_tokens=args.eval_tokens,
-                       calib_samples=args.calib_samples, seeds="0")
+                       calib_samples=args.calib_samples, seeds="0", schedule=args.schedule)
     points = len(suite.points())
-    print(f"grid: {points} points ({args.pruners} x {args.quantizers} x p {args.ratios} x B {args.bits}; "
-          f"curve {args.curve_bits}); {args.eval_tokens} evaluation tokens, {args.calib_samples} calibration windows",
-          flush=True)
+    print(f"grid: {points} points ({','.join(suite.pruners)} x {';'.join(suite.quantizers)} x p {suite.ratios} x "
+          f"B {suite.bits}; curve {suite.curve_bits}; schedule {suite.schedule}); {args.eval_tokens} evaluation "
+          f"tokens, {args.calib_samples} calibration windows", flush=True)
     ours, ours_s, ours_n = harness(suite)
     print(f"harness    : {ours_s:7.1f} s, {ours_n} measurements, {points / ours_s * 3600:7.1f} points/hour", flush=True)
     theirs, theirs_s, theirs_n = naive(suite)

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from .suite import Suite
 
 
-SUITE_KEYS = ("corpus", "seqlen", "calib_samples", "eval_tokens", "holdout", "batch_size", "device", "offload")
+SUITE_KEYS = ("corpus", "seqlen", "calib_samples", "eval_tokens", "holdout", "batch_size", "device", "offload",
+              "schedule", "prefix_cache", "prefix_cache_dir")
 GRID_FLAGS = ("pruners", "quantizers", "ratios", "bits", "orders", "curve_bits", "seeds", "max_ppl_ratio", "metric",
               "lm_eval_limit", "throughput_recipes", "throughput_backend", "throughput_prompt_len",
               "throughput_output_len", "throughput_num_prompts", "throughput_dtype", "throughput_enforce_eager",
@@ -55,6 +56,16 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where decoder blocks wait for their turn on the device: none (all on the device), cpu "
                              "(host memory), disk (read from the safetensors files, compressed ones from a scratch "
                              "folder): for models larger than memory; layer-scope methods and ppl only (default none)")
+    parser.add_argument("--schedule", default=None, choices=("staged", "fused"),
+                        help="staged: every stage its own calibration pass over the model the earlier stages left, "
+                             "as the paper composes methods; fused: consecutive layer-scope stages block by block in "
+                             "one pass (cheaper for one recipe, another model) (default staged)")
+    parser.add_argument("--prefix-cache", type=float, default=None, metavar="GIB",
+                        help=f"GiB of compressed recipe prefixes kept in memory, so a recipe starts from the longest "
+                             f"one already computed; 0 turns reuse off (default {d.prefix_cache:g})")
+    parser.add_argument("--prefix-cache-dir", default=None, metavar="DIR",
+                        help="also keep the prefix cache in this folder (safetensors + JSON, bounded by --prefix-cache): "
+                             "shared by workers on one filesystem, and by later runs (default: memory only)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of this process (default: all cores)")
     parser.add_argument("--cache-dir", default=None, help="where converted models are cached (default $PQQP_CACHE_DIR or ~/.cache/pqqp-bench)")

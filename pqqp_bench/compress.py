@@ -1,24 +1,32 @@
-"""Apply a recipe to a model, decoder block by decoder block (the SparseGPT/GPTQ sequential scheme).
+"""Apply a recipe to a model as the paper composes methods: f1 > f2 is (f2 ∘ f1)(φ) (§2).
 
-For each block, in order: move it to the compute device, then for each stage of the recipe, in recipe order,
-collect the input statistics the stage asks for (forward hooks over the calibration inputs), apply the stage,
-free the statistics; finally run the compressed block to produce the calibration inputs of the next block.
-So every block is calibrated on inputs produced by the already-compressed blocks before it, and a joint
-recipe costs one pass over the model.
+Schedules (`passes`): `staged`, the default, gives every stage its own pass over the model the earlier stages
+left; `fused` runs consecutive layer-scope stages block by block in one pass (cheaper for a single recipe, but a
+stage's statistics then also see earlier blocks compressed by the stages after it: another model). A pass is the
+SparseGPT/GPTQ sequential scheme: for each block, in order, move it to the compute device, collect the input
+statistics its stages ask for (forward hooks over the calibration inputs), apply them, free the statistics, then
+run the compressed block to produce the calibration inputs of the next block. Model-scope stages (block removal,
+rotations) act on the whole model between passes.
+
+At the end of every pass the engine's state is a complete compressed model of the recipe's prefix; a later
+recipe with that prefix can start from it (`CompressionState`, prefixes.py) and ends bit for bit where a run from
+scratch would.
 
 Order semantics (paper §3, design notes): in P->Q the quantizer keeps the pruning mask (pruned weights stay
 exactly zero); in Q->P the pruner scores the quantized weights, with statistics gathered through the
-quantized activations and KV cache, and breaks score ties by the weight's magnitude before the block's pass.
+quantized activations and KV cache, and breaks score ties by the weight's magnitude before the recipe's first
+layer-scope pass over the block.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections import Counter
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -65,6 +73,7 @@ class CompressionReport:
     seconds: dict[str, float] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
     grids: dict[str, WeightGrid] = field(default_factory=dict, repr=False)
+    reused: str = ""  # the cached recipe prefix this compression started from (prefixes.py), if any
 
     def achieved(self) -> dict[str, float | None]:
         present = sum(r.numel for r in self.linears) or 1
@@ -211,6 +220,9 @@ def flag_lines(broken: dict[str, Counter]) -> list[str]:
     return lines
 
 
+SCHEDULES = ("staged", "fused")  # how a recipe's layer-scope stages share calibration passes (`passes`)
+
+
 def segments(stages: tuple[Method, ...]) -> list[tuple[Method, ...]]:
     """Split a recipe into runs of layer-scope stages (one calibration pass each) and single model-scope stages."""
     runs: list[tuple[Method, ...]] = []
@@ -220,6 +232,47 @@ def segments(stages: tuple[Method, ...]) -> list[tuple[Method, ...]]:
         else:
             runs.append((stage,))
     return runs
+
+
+def check_schedule(schedule: str) -> str:
+    if schedule not in SCHEDULES:
+        raise PqqpError(f"unknown schedule {schedule!r}: accepted {', '.join(SCHEDULES)}")
+    return schedule
+
+
+def passes(stages: tuple[Method, ...], schedule: str) -> list[tuple[Method, ...]]:
+    """The recipe's passes over the model, in order. `staged` (the default) is the paper's composition
+    (f2 ∘ f1)(φ) (§2): every stage has a pass of its own, calibrated on the model the earlier stages left.
+    `fused` runs consecutive layer-scope stages block by block in one pass (cheaper for a single recipe): a
+    stage's statistics then see the earlier blocks compressed by the later stages of its run as well."""
+    check_schedule(schedule)
+    return [(stage,) for stage in stages] if schedule == "staged" else segments(stages)
+
+
+def cut_points(stages: tuple[Method, ...], schedule: str) -> list[int]:
+    """The stage counts k after which the model is exactly `stages[:k]` compressed alone: the ends of passes.
+    Those prefixes are the ones a later recipe can start from (`prefixes.PrefixCache`)."""
+    ends, done = [], 0
+    for run in passes(stages, schedule):
+        done += len(run)
+        ends.append(done)
+    return ends
+
+
+def schedule_matters(stages: tuple[Method, ...]) -> bool:
+    """Whether `fused` and `staged` can give different models: only where a stage that reads calibration
+    activations is followed, within one fused run, by another stage (the fused statistics then see earlier
+    blocks compressed by that later stage too). A stage without calibration (RTN) before a calibrated one gives
+    the same model in both schedules: in both, the calibrated stage sees the blocks before it fully compressed."""
+    return any(any(s.needs_calibration for s in run[:-1]) for run in segments(stages) if run[0].scope == "layer")
+
+
+def keeps_reference(stages: tuple[Method, ...]) -> bool:
+    """Whether the engine must keep each block's weights from its first layer-scope pass to the end of the
+    recipe: a layer-scope pruner after another layer-scope stage breaks its score ties by those weights
+    (prune.py: after quantization many weights share one value; ties by position would bias the mask)."""
+    layer = [s for s in stages if s.scope == "layer"]
+    return any(s.kind == "prune" for s in layer[1:])
 
 
 def block_work(block: nn.Module, index: int, works: dict[int, LayerWork], seed: int) -> LayerWork:
@@ -256,8 +309,12 @@ def adopt_weight_grids(model: PreTrainedModel, result: dict, works: dict[int, La
 def layer_pass(
     model: PreTrainedModel, stages: tuple[Method, ...], calibration: torch.Tensor | None, device: torch.device,
     works: dict[int, LayerWork], seconds: dict[str, float], progress: bool, seed: int, broken: dict[str, Counter],
+    keep_reference: bool = False,
 ) -> None:
-    """Apply layer-scope `stages` block by block, calibrating each block on the compressed blocks before it."""
+    """Apply layer-scope `stages` block by block, calibrating each block on the compressed blocks before it.
+
+    Each block's `reference` weights are those at the start of its pass; with `keep_reference`, those at the start
+    of its first pass of the recipe, kept across passes (`keeps_reference`)."""
     blocks = decoder_blocks(model)
     home = next(p.device for p in model.parameters() if not p.is_meta)  # where the weights outside the blocks live
     needs_inputs = any(s.needs_calibration for s in stages)
@@ -274,14 +331,49 @@ def layer_pass(
     for index, block in enumerate(tqdm(blocks, desc=f"compress {label}", disable=not progress, unit="block", leave=False)):
         with visiting(home_of(model), index, block, device, changed=True):
             work = block_work(block, index, works, seed)
-            work.reference = {n: lin.weight.data.clone() for n, lin in work.linears.items()}
+            if not (keep_reference and work.reference):
+                work.reference = {n: lin.weight.data.clone() for n, lin in work.linears.items()}
             compress_block(work, stages, inputs, calls[index], seconds, broken)
-            work.reference = {}  # held for the block's pass only: kept for every block it would cost a model copy
+            if not keep_reference:
+                work.reference = {}  # held for the block's pass only: kept for every block it costs a model copy
             if needs_inputs and index + 1 < len(blocks):
                 start = time.perf_counter()
                 inputs = run_block(block, inputs, calls[index])
                 seconds["propagate"] = seconds.get("propagate", 0.0) + time.perf_counter() - start
     move_outside_blocks(model, blocks, home)
+
+
+@dataclass
+class CompressionState:
+    """A recipe part-way, at the end of a pass: the model after its first `done` stages, and what the engine
+    carries from pass to pass (each block's masks, grids, bits and reference weights; the report so far; the
+    torch random state). A later recipe that starts with the same stages can go on from here (`compress(start=)`)
+    and end exactly where a run from scratch would."""
+
+    model: PreTrainedModel
+    done: int
+    works: dict[int, LayerWork]
+    report: CompressionReport
+    broken: dict[str, Counter]
+    rng: torch.Tensor | None = None
+
+    def clone(self) -> "CompressionState":
+        """A deep copy whose works point at the copied model's blocks (one memo: shared objects stay shared)."""
+        present = {id(b) for b in decoder_blocks(self.model)}  # the works of removed blocks are not needed again
+        live = {k: w for k, w in self.works.items() if k in present}
+        model, works, report, broken = copy.deepcopy((self.model, live, self.report, self.broken))
+        works = {id(work.block): work for work in works.values()}
+        return CompressionState(model, self.done, works, report, broken, None if self.rng is None else self.rng.clone())
+
+    def nbytes(self) -> int:
+        """Bytes of tensors held: the model's parameters and buffers, reference weights, packed masks, grids."""
+        total = sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *self.model.buffers()])
+        for work in self.works.values():
+            total += sum(t.numel() * t.element_size() for t in work.reference.values())
+            total += sum(packed.numel() for packed, _ in work.masks._packed.values())
+            total += sum(t.numel() * t.element_size() for g in work.grids.values() for t in vars(g).values()
+                         if isinstance(t, torch.Tensor))
+        return total
 
 
 @torch.no_grad()
@@ -293,42 +385,60 @@ def compress(
     device: str | torch.device | None = None,
     seed: int = 0,
     progress: bool = True,
+    schedule: str = "staged",
+    start: CompressionState | None = None,
+    keep_reference: bool | None = None,
+    at_cut: Callable[[CompressionState], None] | None = None,
 ) -> CompressionReport:
     """Compress `model` in place with `recipe`; `calibration` is [n, seqlen] token ids (needed by some methods).
 
-    Consecutive layer-scope stages share one block-by-block pass; model-scope stages (block removal,
-    rotations) act on the whole model between passes. Blocks are moved to `device` one at a time and back, so
-    peak device memory is one block plus the calibration activations, as in the reference SparseGPT/GPTQ code;
-    a model offloaded to disk (offload.py) has each block read for its turn and the compressed block written back.
+    `schedule` (`passes`): `staged`, one pass per stage as the paper composes methods, or `fused`, consecutive
+    layer-scope stages in one pass. Model-scope stages (block removal, rotations) act on the whole model between
+    passes. Blocks are moved to `device` one at a time and back, so peak device memory is one block plus the
+    calibration activations, as in the reference SparseGPT/GPTQ code; a model offloaded to disk (offload.py) has
+    each block read for its turn and the compressed block written back.
+
+    `start`: a state of this recipe's first `start.done` stages (its `model` is `model`), from which only the
+    remaining passes run. `at_cut` is called with the state at the end of every pass, the last included (a prefix
+    cache copies what it keeps; `prefixes.py`). `keep_reference` (default: `keeps_reference(recipe)`, staged only)
+    keeps each block's first-pass weights to the end, for a later prefix's pruners.
     """
     blocks = decoder_blocks(model)
-    report = CompressionReport(str(recipe), recipe.ratios(),
-                               sum(lin.weight.numel() for b in blocks for lin in block_linears(b).values()))
+    runs = passes(recipe.stages, schedule)
+    keep = (keeps_reference(recipe.stages) if keep_reference is None else keep_reference) and schedule == "staged"
+    if start is None:
+        report = CompressionReport(str(recipe), recipe.ratios(),
+                                   sum(lin.weight.numel() for b in blocks for lin in block_linears(b).values()))
+        state = CompressionState(model, 0, {}, report, {})
+    else:
+        if start.model is not model or start.done not in cut_points(recipe.stages, schedule):
+            raise RuntimeError(f"a state after {start.done} stages is not a prefix of '{recipe}' ({schedule})")
+        state = start
+        state.report.recipe, state.report.requested = str(recipe), recipe.ratios()
+        if state.rng is not None:
+            torch.set_rng_state(state.rng)
+    report, works, broken = state.report, state.works, state.broken
     home = next(p.device for p in model.parameters() if not p.is_meta)
     device = torch.device(device) if device is not None else home
     refuse_model_scope(model, recipe.stages)
-    for stage in recipe.stages:
-        stage.validate(block_linears(blocks[0]))
-    needed = [s.name for s in recipe.stages if s.needs_calibration]
+    for stage in recipe.stages[state.done:]:
+        stage.validate(block_linears(decoder_blocks(model)[0]))
+    needed = [s.name for s in recipe.stages[state.done:] if s.needs_calibration]
     if needed and (calibration is None or calibration.numel() == 0):
         raise PqqpError(f"recipe '{recipe}' needs calibration samples (for {', '.join(needed)}): pass calibration token ids")
-    works: dict[int, LayerWork] = {}
-    broken: dict[str, Counter] = {}
-    for run in segments(recipe.stages):
-        if run[0].scope == "layer":
-            layer_pass(model, run, calibration, device, works, report.seconds, progress, seed, broken)
+    done = 0
+    for run in runs:
+        done += len(run)
+        if done <= state.done:
             continue
-        start = time.perf_counter()
-        result = run[0].apply_model(model, calibration, device, seed, progress=progress)
-        for block in decoder_blocks(model):  # a model-scope stage may have replaced Linear modules
-            if id(block) in works:
-                works[id(block)].linears = block_linears(block)
-        adopt_weight_grids(model, result, works, seed)
-        if not run[0].builtin():
-            for index, block in enumerate(decoder_blocks(model)):
-                broken.setdefault(run[0].canonical(), Counter()).update(reconcile(block_work(block, index, works, seed)))
-        report.structure.append({"stage": run[0].canonical(), **result})
-        report.seconds[run[0].canonical()] = time.perf_counter() - start
+        if run[0].scope == "layer":
+            layer_pass(model, run, calibration, device, works, report.seconds, progress, seed, broken, keep)
+        else:
+            model_stage(model, run[0], calibration, device, seed, progress, works, report, broken)
+        state.done = done
+        if at_cut is not None:
+            state.rng = torch.get_rng_state()
+            at_cut(state)
     disk = home_of(model)
     for index, block in enumerate(decoder_blocks(model)):
         work = block_work(block, index, works, seed)
@@ -338,3 +448,21 @@ def compress(
         report.kv_bits.append(work.kv_bits)
     report.flags = flag_lines(broken)
     return report
+
+
+def model_stage(model: PreTrainedModel, stage: Method, calibration: torch.Tensor | None, device: torch.device,
+                seed: int, progress: bool, works: dict[int, LayerWork], report: CompressionReport,
+                broken: dict[str, Counter]) -> None:
+    """Apply one model-scope stage (block removal, a rotation, a model-wide quantizer) and carry what it did into
+    the block works (grids, bits, masks) and the report (its structure record, plugin flags)."""
+    began = time.perf_counter()
+    result = stage.apply_model(model, calibration, device, seed, progress=progress)
+    for block in decoder_blocks(model):  # a model-scope stage may have replaced Linear modules
+        if id(block) in works:
+            works[id(block)].linears = block_linears(block)
+    adopt_weight_grids(model, result, works, seed)
+    if not stage.builtin():
+        for index, block in enumerate(decoder_blocks(model)):
+            broken.setdefault(stage.canonical(), Counter()).update(reconcile(block_work(block, index, works, seed)))
+    report.structure.append({"stage": stage.canonical(), **result})
+    report.seconds[stage.canonical()] = time.perf_counter() - began

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import torch
 
-from .compress import CompressionReport, compress
+from .compress import CompressionReport, CompressionState, check_schedule, compress, cut_points, keeps_reference
 from .data import DEFAULT_CORPUS, DEFAULT_HOLDOUT, Corpus, load_corpus
 from .errors import PqqpError
 from .evaluate import PerplexityResult, layerwise_perplexity, perplexity
 from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .prefixes import PrefixCache, cache_size, prefix_key
 from .spec import Recipe, parse_recipe
 
 
@@ -35,6 +36,9 @@ class Settings:
     batch_size: int = 1
     device: str = "auto"
     offload: str = "none"  # none, cpu, disk: where the decoder blocks live between their turns (offload.py)
+    schedule: str = "staged"  # staged (one pass per stage, paper §2) or fused (compress.passes)
+    prefix_cache: float = 2.0  # GiB of compressed recipe prefixes kept for reuse (prefixes.py); 0 turns it off
+    prefix_cache_dir: str | None = None  # also keep them there, as safetensors + JSON (shared by workers, kept)
     cache_dir: str | None = None
     trust_remote_code: bool = False
     progress: bool = True
@@ -88,6 +92,10 @@ class Experiment:
             check_positive(name, getattr(settings, name))
         self.settings = settings
         self.device = settings.resolved_device()
+        check_schedule(settings.schedule)
+        # nothing is kept until a grid says which prefixes its cases start from (measure.Bench sets `wanted`)
+        self.prefixes = PrefixCache(cache_size(settings.prefix_cache) if settings.offload == "none" else 0.0, wanted={},
+                                    folder=Path(settings.prefix_cache_dir).expanduser() if settings.prefix_cache_dir else None)
         start = time.perf_counter()
         self.loaded: LoadedModel = load_model(
             settings.model,
@@ -119,18 +127,43 @@ class Experiment:
             self.calibrations[seed] = self.corpus.calibration_samples(s.calib_samples, s.seqlen, seed)
         return self.calibrations[seed]
 
+    def calibration_identity(self, seed: int) -> tuple:
+        """What the calibration samples of `seed` are drawn from and how: the part of a prefix key that is not
+        the recipe (the model's fingerprint, corpus, holdout, samples, length, seed, device)."""
+        s = self.settings
+        return (self.loaded.fingerprint, str(s.corpus), s.holdout, s.calib_samples, s.seqlen, seed, self.device)
+
     def compressed(self, recipe: Recipe | str, seed: int | None = None) -> tuple[torch.nn.Module, CompressionReport, float]:
         """A fresh copy of the dense model compressed by `recipe` (the dense model itself for `dense`), its
         compression report and the seconds it took. `seed` (default: the settings' seed) draws the calibration
-        samples and seeds randomised methods, so one loaded experiment serves every seed of a grid."""
+        samples and seeds randomised methods, so one loaded experiment serves every seed of a grid.
+
+        The copy starts from the longest prefix of `recipe` in the prefix cache (`prefixes.py`), and the states
+        at the end of its passes that the grid will start from again are offered to it; `report.reused` names
+        the prefix it started from."""
         recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
         seed = self.settings.seed if seed is None else seed
-        model = copy.deepcopy(self.loaded.model) if recipe.stages else self.loaded.model
+        schedule = self.settings.schedule
+        if not recipe.stages:
+            return self.loaded.model, compress(self.loaded.model, recipe, progress=False, schedule=schedule), 0.0
+        keys = {k: prefix_key(self.calibration_identity(seed), Recipe(recipe.stages[:k]), schedule)
+                for k in cut_points(recipe.stages, schedule)}
+        need = keeps_reference(recipe.stages) and schedule == "staged"
+        keep = need or (schedule == "staged" and any(self.prefixes.needs_reference(key) for key in keys.values()))
+        start_time = time.perf_counter()
+        start = self.prefixes.longest(keys.items(), need, self.loaded.model) if self.prefixes.capacity else None
+        model = start.model if start is not None else copy.deepcopy(self.loaded.model)
+        reused = str(Recipe(recipe.stages[:start.done])) if start is not None else ""
         torch.manual_seed(seed)
-        start = time.perf_counter()
+
+        def offer(state: CompressionState) -> None:
+            self.prefixes.offer(keys[state.done], state, keep)
+
         report = compress(model, recipe, self.calibration_for(seed), device=self.device, seed=seed,
-                          progress=self.settings.progress)
-        return model, report, time.perf_counter() - start
+                          progress=self.settings.progress, schedule=schedule, start=start, keep_reference=keep,
+                          at_cut=offer if self.prefixes.capacity else None)
+        report.reused = reused
+        return model, report, time.perf_counter() - start_time
 
     def run(self, recipe: Recipe | str, seed: int | None = None,
             compressed: tuple[torch.nn.Module, CompressionReport, float] | None = None) -> CaseResult:

@@ -63,6 +63,15 @@ def corpus_identity(corpus: str) -> str:
     return corpus
 
 
+def calibration_key(suite: Suite, recipe: Recipe) -> str:
+    """The calibration part of a measurement key: samples and their length, and the schedule wherever it can
+    change the model (`compress.schedule_matters`: a recipe whose calibrated stage is followed by another)."""
+    from .compress import schedule_matters
+
+    text = f"samples={suite.calib_samples},seqlen={suite.seqlen}"
+    return text + (f",schedule={suite.schedule}" if schedule_matters(recipe.stages) else "")
+
+
 @dataclass
 class Bench:
     """A suite's measurements: stored ones reused, missing ones computed (and stored) on demand."""
@@ -113,7 +122,7 @@ class Bench:
             model=model, model_hash=self.fingerprint(model), corpus=self.corpus_id,
             split=split or self.split(), recipe=str(recipe),
             recipe_key=recipe.key, metric=metric or s.metric, seed=seed if seeded else -1,
-            calibration=f"samples={s.calib_samples},seqlen={s.seqlen}" if seeded else "",
+            calibration=calibration_key(s, recipe) if seeded else "",
             harness_version=__version__,
         )
 
@@ -155,6 +164,10 @@ class Bench:
             self.experiments[model] = Experiment(settings)
             if self.experiments[model].loaded.fingerprint != self.fingerprint(model):
                 raise PqqpError(f"model {model!r} changed while loading (fingerprint differs): run again")
+            from .prefixes import wanted_prefixes
+
+            recipes = [c.recipe for c in self.suite.cases() if c.model == model]
+            self.experiments[model].prefixes.wanted = wanted_prefixes(recipes, self.suite.schedule)
         return self.experiments[model]
 
     def compute(self, model: str, recipe: Recipe, seed: int, compressed: "Compressed | None" = None
@@ -179,6 +192,7 @@ class Bench:
         p = case.perplexity
         return p.ppl, {
             "requested": case.report.requested, "achieved": case.report.achieved(), "structure": case.report.structure,
+            **({"reused_prefix": case.report.reused} if case.report.reused else {}),
             **({"flags": case.report.flags} if case.report.flags else {}),
             "window_nll": p.window_nll, "tokens": p.tokens, "windows": p.windows, "seqlen": p.seqlen,
             "convention": p.convention,

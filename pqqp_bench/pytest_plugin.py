@@ -54,6 +54,12 @@ GRID_OPTIONS = {
     "batch_size": "evaluation windows per forward pass",
     "device": "auto, cpu, cuda, cuda:N",
     "offload": "none, cpu or disk: decoder blocks wait off the device for their turn (models larger than memory)",
+    "schedule": "staged (one calibration pass per stage, the paper's composition) or fused (consecutive "
+                "layer-scope stages in one pass)",
+    "prefix_cache": "GiB of compressed recipe prefixes kept in memory for reuse by the cases that extend them "
+                    "(0: off)",
+    "prefix_cache_dir": "also keep the prefix cache in this folder (safetensors + JSON): shared by xdist/Ray workers "
+                        "on one filesystem and by later runs",
     "metric": "ppl (token-level perplexity) or lm-eval:<task>/<metric>, e.g. lm-eval:pqqp_cloze/acc",
     "lm_eval_limit": "lm-eval metrics: score only the first N documents of the task",
     "pruners": "pruner templates, e.g. wanda,sparsegpt (';' between templates with parameters)",
@@ -167,16 +173,18 @@ def worker_count(config: pytest.Config) -> int:
 
 
 def case_groups(cases: list, workers: int) -> list[str]:
-    """The xdist group of each case: `<model>#<shard>`, the cases of a model dealt round-robin into
-    `workers // models` shards (at least one). With `--dist loadgroup` a shard runs on one worker, so a worker
-    loads few models, and a one-model grid still spreads over every worker."""
+    """The xdist group of each case: `<model>#<shard>`, the cases of a model cut into `workers // models` shards
+    (at least one) of consecutive cases. With `--dist loadgroup` a shard runs on one worker, so a worker loads few
+    models, a one-model grid still spreads over every worker, and the cases of one prefix family (consecutive in the
+    suite's order, `suite.scheduled`) mostly share a worker and its prefix cache."""
     models = list(dict.fromkeys(c.model for c in cases))
     shards = max(1, workers // max(1, len(models)))
+    sizes = {m: sum(1 for c in cases if c.model == m) for m in models}
     seen: dict[str, int] = {}
     groups = []
     for case in cases:
         index = seen[case.model] = seen.get(case.model, -1) + 1
-        groups.append(f"{case.model}#{index % shards}")
+        groups.append(f"{case.model}#{index * shards // sizes[case.model]}")
     return groups
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from .compress import check_schedule
 from .errors import PqqpError
 from .evaluate.lmeval import parse_metric
 from .evaluate.throughput import ThroughputSettings
@@ -29,6 +30,7 @@ from .methods.base import boolean, format_value
 from .offload import check_mode
 from .ordering import MethodSet, parse_method_set
 from .pipelines import Pipeline, pipelines_section
+from .prefixes import cache_size, trie_order
 from .spec import Recipe, parse_recipe
 
 ORDERS = ("P>Q", "Q>P")
@@ -144,6 +146,9 @@ class Suite:
     batch_size: int = 1
     device: str = "auto"
     offload: str = "none"  # none, cpu, disk: decoder blocks off the device between their turns (offload.py)
+    schedule: str = "staged"  # staged: one calibration pass per stage (paper §2); fused: one pass per run of stages
+    prefix_cache: float = 2.0  # GiB of compressed recipe prefixes kept for reuse (prefixes.py); 0: off
+    prefix_cache_dir: str | None = None  # also on disk there (prefix_files.py): shared by workers, kept across runs
     metric: str = "ppl"  # or lm-eval:<task>/<metric>, e.g. lm-eval:pqqp_cloze/acc
     lm_eval_limit: int | None = None  # lm-eval tasks: score only the first N documents (None: all)
     pruners: tuple[str, ...] = ("wanda",)
@@ -171,7 +176,9 @@ class Suite:
         """The experiment settings of one model of the grid."""
         return Settings(model=model, corpus=self.corpus, seqlen=self.seqlen, calib_samples=self.calib_samples,
                         eval_tokens=self.eval_tokens, holdout=self.holdout, seed=self.seeds[0],
-                        batch_size=self.batch_size, device=self.device, offload=self.offload, **extra)
+                        batch_size=self.batch_size, device=self.device, offload=self.offload,
+                        schedule=self.schedule, prefix_cache=self.prefix_cache,
+                        prefix_cache_dir=self.prefix_cache_dir, **extra)
 
     def gate_rule(self, metric: str) -> GateRule:
         return dict(self.gate).get(metric, GateRule())
@@ -214,7 +221,8 @@ class Suite:
         return [c for m in self.models for c in self.throughput.cases(m)] if self.throughput else []
 
     def cases(self) -> list["Case"]:
-        """Every distinct measurement the grid needs, cheapest kinds first (dense, single methods, joint)."""
+        """Every distinct measurement the grid needs, per model in the order that reuses compressed prefixes
+        (`scheduled`): the dense model first, each recipe after the recipes it starts from."""
         found: dict[tuple[str, str], Case] = {}
 
         def add(model: str, recipe: Recipe, role: str, label: str) -> None:
@@ -245,7 +253,7 @@ class Suite:
                         add(model, method_set.single(i), "single", short(method_set.single(i)))
                     for order in method_set.orders():
                         add(model, method_set.recipe(order), "order", short(method_set.recipe(order)))
-        return list(found.values())
+        return scheduled(list(found.values()))
 
     def pipeline_specs(self) -> list["PipelineSpec"]:
         return [PipelineSpec(self, m, f) for m in self.models for f in self.pipelines]
@@ -253,6 +261,17 @@ class Suite:
     def order_specs(self) -> list["OrderSpec"]:
         sets = self.order_search.sets if self.order_search else ()
         return [OrderSpec(self, m, s) for m in self.models for s in sets]
+
+
+def scheduled(cases: list["Case"]) -> list["Case"]:
+    """The cases per model in the order of the tree of their stages (`prefixes.trie_order`): each recipe right
+    after the prefixes it starts from, so those are still in the prefix cache when it runs."""
+    models = list(dict.fromkeys(c.model for c in cases))
+    ordered = []
+    for model in models:
+        mine = [c for c in cases if c.model == model]
+        ordered += [mine[i] for i in trie_order([c.recipe for c in mine])]
+    return ordered
 
 
 @dataclass(frozen=True)
@@ -470,6 +489,8 @@ def check_grid(suite: Suite) -> None:
             raise PqqpError(f"suite key '{name}' is empty: give at least one value")
     parse_metric(suite.metric)
     check_mode(suite.offload)
+    check_schedule(suite.schedule)
+    cache_size(suite.prefix_cache)
     if suite.offload != "none" and (suite.metric != "ppl" or suite.throughput):
         raise PqqpError(f"offload={suite.offload!r} evaluates perplexity only: accepted metric ppl and no throughput "
                         f"section, or offload none")

@@ -104,12 +104,18 @@ def test_quantize_then_prune_decides_on_quantized_activations(model, tokens) -> 
     assert not torch.allclose(got, unquantized, rtol=1e-3)
 
 
+@pytest.mark.parametrize("schedule", ["staged", "fused"])
 @pytest.mark.parametrize("build", [tiny_llama, tiny_gemma3], ids=["llama", "gemma3"])
-def test_each_block_is_calibrated_on_the_outputs_of_the_compressed_blocks_before_it(build, tokens) -> None:
+def test_each_block_is_calibrated_on_the_outputs_of_the_compressed_blocks_before_it(build, schedule, tokens) -> None:
+    """Fused: a stage's statistics see the blocks before compressed by the whole run (probe, then RTN). Staged:
+    by the stages up to its own (the probe's pass ends before RTN's starts)."""
     model = build()
     seen: dict = {}
     recipe = Recipe((Probe(seen, p=0.5), parse_recipe("rtn:w=4,a=4,kv=4").stages[0]))
-    compress(model, recipe, tokens, progress=False)
+    states = []
+    compress(model, recipe, tokens, progress=False, schedule=schedule, at_cut=lambda s: states.append(s.clone()))
+    if schedule == "staged":
+        model = states[0].model  # the model after the probe's pass
     with torch.no_grad():
         hidden = model(tokens, output_hidden_states=True).hidden_states
     blocks = decoder_blocks(model)

@@ -241,3 +241,40 @@ def test_gptq_then_sleb_counts_removed_blocks_as_pruned(identity_llama) -> None:
     assert report.achieved()["sparsity"] == pytest.approx(len(removed) / 4)
     assert {r.w_bits for r in report.linears} == {4} and len(report.linears) == 2 * 7
     assert_runs_and_generates(model, tokens)
+
+
+@pytest.mark.parametrize("which", ["llama", "gemma"])
+def test_bounded_search_removes_the_same_blocks_with_the_same_perplexities(which, identity_llama, gemma) -> None:
+    """The branch-and-bound rounds (the default) against every candidate scored in full: the same blocks, the
+    same calibration perplexities (the winner is scored by the same code), fewer full-vocabulary heads."""
+    from pqqp_bench.methods.sleb import select_blocks
+
+    model, tokens = identity_llama if which == "llama" else gemma
+    blocks = decoder_blocks(model)
+    counts: list[tuple[int, int]] = []
+    with torch.no_grad():
+        bounded = select_blocks(model, blocks, tokens, 2, progress=False, counts=counts)
+        full = select_blocks(model, blocks, tokens, 2, progress=False, top=None)
+    assert bounded == full
+    assert all(0 < exact <= total for exact, total in counts)
+    assert sum(e for e, _ in counts) < sum(t for _, t in counts)  # some candidate never needed the full head
+
+
+@torch.no_grad()
+def test_lower_bound_is_below_the_exact_nll(gemma) -> None:
+    from pqqp_bench.blocks import block_call_kwargs, capture_block_inputs
+    from pqqp_bench.methods.sleb import OutputHead, candidate_states
+
+    model, tokens = gemma
+    blocks = decoder_blocks(model)
+    calls = block_call_kwargs(model, blocks, tokens[0])
+    inputs = capture_block_inputs(model, blocks, tokens)
+    head = OutputHead.of(model)
+    kept = list(range(len(blocks)))
+    for top in (1, 4, 64):
+        ids = head.candidates(candidate_states(blocks, calls, kept, inputs)[0], tokens, top)
+        for final in candidate_states(blocks, calls, kept, inputs):
+            assert head.lower_bound(final, tokens, ids) <= head.nll(final, tokens) * (1 + 1e-6)
+    everything = [torch.arange(model.config.vocab_size)] * len(tokens)  # the whole vocabulary: the bound is exact
+    final = candidate_states(blocks, calls, kept, inputs)[1]
+    assert head.lower_bound(final, tokens, everything) == pytest.approx(head.nll(final, tokens), rel=1e-5)

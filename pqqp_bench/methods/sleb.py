@@ -58,6 +58,33 @@ class OutputHead:
         return total / (samples.shape[0] * (samples.shape[1] - 1))
 
 
+    def candidates(self, hidden: list[torch.Tensor], samples: torch.Tensor, top: int) -> list[torch.Tensor]:
+        """Per sample, the vocabulary ids the bounds of `lower_bound` sum over: every token that is a target, and
+        the `top` most likely next tokens at each position under the model whose final hidden states are `hidden`."""
+        ids = []
+        for h, s in zip(hidden, samples):
+            likely = self.logits(h)[0, :-1].topk(top, dim=-1).indices.reshape(-1)
+            ids.append(torch.unique(torch.cat([likely, s[1:]])))
+        return ids
+
+    def lower_bound(self, hidden: list[torch.Tensor], samples: torch.Tensor, ids: list[torch.Tensor]) -> float:
+        """A lower bound of `nll(hidden, samples)` at a fraction of its cost: each token's log-sum-exp over the
+        vocabulary is at least the one over the subset `ids` (which holds the target), so -log p(target) is at
+        least logsumexp(z[ids]) - z[target]. Only the rows `ids` of the output embedding are multiplied."""
+        weight = self.lm_head.weight
+        bias = getattr(self.lm_head, "bias", None)
+        total = 0.0
+        for h, s, chosen in zip(hidden, samples, ids):
+            normed = self.norm(h)[0, :-1]
+            logits = (normed @ weight[chosen].T + (0 if bias is None else bias[chosen])).float()
+            if self.softcap is not None:
+                logits = torch.tanh(logits / self.softcap) * self.softcap
+            target = torch.searchsorted(chosen, s[1:])  # `chosen` is sorted (torch.unique) and holds every target
+            picked = logits.gather(1, target.unsqueeze(1))[:, 0]
+            total += (torch.logsumexp(logits, dim=-1) - picked).double().sum().item()
+        return total / (samples.shape[0] * (samples.shape[1] - 1))
+
+
 def run_blocks(
     blocks: nn.ModuleList, calls: list[dict], indices: list[int], hidden: list[torch.Tensor]
 ) -> list[torch.Tensor]:
@@ -71,13 +98,62 @@ def run_blocks(
 def round_scores(blocks: nn.ModuleList, calls: list[dict], kept: list[int], inputs: list[torch.Tensor],
                  head: OutputHead, samples: torch.Tensor) -> list[float]:
     """One greedy round: the calibration NLL of the current model (blocks `kept`) without each kept block."""
-    scores = []
+    return [head.nll(final, samples) for final in candidate_states(blocks, calls, kept, inputs)]
+
+
+def candidate_states(blocks: nn.ModuleList, calls: list[dict], kept: list[int], inputs: list[torch.Tensor]
+                     ) -> list[list[torch.Tensor]]:
+    """The final hidden states of the current model (blocks `kept`) without each kept block, in `kept` order."""
+    states = []
     hidden = inputs  # the input of kept[pos] in the current model
     for pos, index in enumerate(kept):
-        scores.append(head.nll(run_blocks(blocks, calls, kept[pos + 1:], hidden), samples))
+        states.append(run_blocks(blocks, calls, kept[pos + 1:], hidden))
         if pos + 1 < len(kept):
             hidden = run_blocks(blocks, calls, [index], hidden)
-    return scores
+    return states
+
+
+# Bounds are compared with this relative margin: the exact NLL and its bound are summed in different orders.
+BOUND_MARGIN = 1e-4
+
+
+@dataclass
+class RoundResult:
+    """A round's winner (its position in `kept` and exact NLL) and how many candidates needed the full head."""
+
+    best: int
+    score: float
+    exact: int
+    candidates: int
+
+
+def bounded_round(blocks: nn.ModuleList, calls: list[dict], kept: list[int], inputs: list[torch.Tensor],
+                  head: OutputHead, samples: torch.Tensor, top: int) -> RoundResult:
+    """The round's winner exactly as `lowest(round_scores(...))` finds it, computing the full-vocabulary NLL only
+    for the candidates that can still win (branch and bound).
+
+    The output head costs vocabulary x hidden per token; with a large vocabulary it dominates the search. Each
+    candidate first gets a lower bound (`OutputHead.lower_bound`, over the targets and the current model's `top`
+    likely tokens per position: a small share of the vocabulary). Candidates are then scored exactly in order of
+    their bound until the next bound exceeds the best exact score; those left cannot have the lowest score, and
+    ties still go to the lower position (a candidate whose bound reaches the best within the margin is scored).
+    So the same block is removed and its perplexity is the same number."""
+    states = candidate_states(blocks, calls, kept, inputs)
+    ids = head.candidates(run_blocks(blocks, calls, kept, inputs), samples, top)
+    bounds = [head.lower_bound(final, samples, ids) for final in states]
+    bounds = [-math.inf if math.isnan(b) else b for b in bounds]  # no bound: scored in full
+    best, score, exact = -1, math.inf, 0
+    for pos in sorted(range(len(kept)), key=lambda c: (bounds[c], c)):
+        if bounds[pos] - BOUND_MARGIN * abs(bounds[pos]) > score:
+            break
+        value = head.nll(states[pos], samples)
+        exact += 1
+        value = math.inf if math.isnan(value) else value
+        if value < score or (value == score and pos < best):
+            best, score = pos, value
+    if best < 0 or math.isinf(score):  # every candidate's NLL is NaN or infinite: as `lowest`, the lowest position
+        best, score = 0, head.nll(states[0], samples)
+    return RoundResult(best, score, exact, len(kept))
 
 
 def lowest(scores: list[float]) -> int:
@@ -96,11 +172,13 @@ def check_head(model: nn.Module, blocks: nn.ModuleList, calls: list[dict], first
 
 
 def select_blocks(
-    model: nn.Module, blocks: nn.ModuleList, samples: torch.Tensor, count: int, progress: bool = True
+    model: nn.Module, blocks: nn.ModuleList, samples: torch.Tensor, count: int, progress: bool = True,
+    top: int | None = 16, counts: list[tuple[int, int]] | None = None,
 ) -> tuple[list[int], list[float]]:
     """SLEB Alg. 1: remove `count` blocks one at a time, each the block whose removal gives the current model
     the lowest calibration perplexity. Returns the chosen positions in removal order and the perplexity after
-    each removal; the model itself is not changed."""
+    each removal; the model itself is not changed. `top` (None: every candidate scored in full) sets the bounds of
+    `bounded_round`; `counts` receives (candidates scored in full, candidates) per round."""
     calls = block_call_kwargs(model, blocks, samples[0])
     inputs = capture_block_inputs(model, blocks, samples)
     head = OutputHead.of(model)
@@ -108,10 +186,17 @@ def select_blocks(
     kept, chosen, perplexity = list(range(len(blocks))), [], []
     for _ in tqdm(range(count), desc=f"sleb: remove {count} of {len(blocks)} blocks", unit="block", leave=False,
                   disable=not progress):
-        scores = round_scores(blocks, calls, kept, inputs, head, samples)
-        best = lowest(scores)
+        if top is None or not isinstance(head.lm_head, nn.Linear):
+            scores = round_scores(blocks, calls, kept, inputs, head, samples)
+            best, score, exact = lowest(scores), None, len(kept)
+            score = scores[best]
+        else:
+            result = bounded_round(blocks, calls, kept, inputs, head, samples, top)
+            best, score, exact = result.best, result.score, result.exact
+        if counts is not None:
+            counts.append((exact, len(kept)))
         chosen.append(kept.pop(best))
-        perplexity.append(math.exp(scores[best]))
+        perplexity.append(math.exp(score))
     return chosen, perplexity
 
 
