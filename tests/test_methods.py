@@ -119,3 +119,27 @@ def test_packed_masks_read_back_exactly_at_one_bit_per_weight(shape: tuple[int, 
     assert list(masks) == ["l"] and masks.get("other") is None
     with pytest.raises(TypeError, match="bool tensor"):
         masks["l"] = mask.float()
+
+
+@pytest.mark.parametrize("kind", ["continuous", "ties", "pruned-before", "zeros"])
+def test_threshold_mask_equals_ranking_every_entry(kind: str) -> None:
+    """The fast mask of long rows is the mask of the full (score, tiebreak, position) ranking, bit for bit: with
+    continuous scores, heavy ties (quantized magnitudes), earlier-pruned entries (-inf), signed zeros, and per-row
+    or shared counts including 0 and more than the row holds."""
+    from pqqp_bench.methods.prune import ranked_mask, threshold_mask
+
+    gen = torch.Generator().manual_seed(hash(kind) % 1000)
+    for trial in range(60):
+        rows, n = int(torch.randint(1, 6, (1,), generator=gen)), int(torch.randint(64, 300, (1,), generator=gen))
+        if kind == "continuous":
+            score = torch.randn(rows, n, generator=gen)
+        elif kind == "ties":
+            score = torch.randint(-3, 4, (rows, n), generator=gen).float()
+        elif kind == "pruned-before":
+            score = torch.randn(rows, n, generator=gen).masked_fill(torch.rand(rows, n, generator=gen) < 0.3, float("-inf"))
+        else:
+            score = torch.zeros(rows, n).masked_fill(torch.rand(rows, n, generator=gen) < 0.5, -0.0)
+        tiebreak = torch.randint(0, 5, (rows, n), generator=gen).float()
+        count = (torch.randint(0, n + 3, (rows,), generator=gen) if trial % 2
+                 else torch.tensor(int(torch.randint(0, n + 3, (1,), generator=gen))))
+        assert torch.equal(ranked_mask(score, tiebreak, count), threshold_mask(score, tiebreak, count))

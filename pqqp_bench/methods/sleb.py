@@ -57,7 +57,6 @@ class OutputHead:
                     for h, s in zip(hidden, samples))
         return total / (samples.shape[0] * (samples.shape[1] - 1))
 
-
     def candidates(self, hidden: list[torch.Tensor], samples: torch.Tensor, top: int) -> list[torch.Tensor]:
         """Per sample, the vocabulary ids the bounds of `lower_bound` sum over: every token that is a target, and
         the `top` most likely next tokens at each position under the model whose final hidden states are `hidden`."""
@@ -137,7 +136,8 @@ def bounded_round(blocks: nn.ModuleList, calls: list[dict], kept: list[int], inp
     likely tokens per position: a small share of the vocabulary). Candidates are then scored exactly in order of
     their bound until the next bound exceeds the best exact score; those left cannot have the lowest score, and
     ties still go to the lower position (a candidate whose bound reaches the best within the margin is scored).
-    So the same block is removed and its perplexity is the same number."""
+    So the same block is removed and its perplexity is the same number. The round holds every candidate's final
+    hidden states at once (candidates x samples x seqlen x hidden), where the exhaustive round held one."""
     states = candidate_states(blocks, calls, kept, inputs)
     ids = head.candidates(run_blocks(blocks, calls, kept, inputs), samples, top)
     bounds = [head.lower_bound(final, samples, ids) for final in states]
