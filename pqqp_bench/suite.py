@@ -173,12 +173,12 @@ class Suite:
         check_grid(self)
 
     def settings(self, model: str, **extra: Any) -> Settings:
-        """The experiment settings of one model of the grid."""
-        return Settings(model=model, corpus=self.corpus, seqlen=self.seqlen, calib_samples=self.calib_samples,
-                        eval_tokens=self.eval_tokens, holdout=self.holdout, seed=self.seeds[0],
-                        batch_size=self.batch_size, device=self.device, offload=self.offload,
-                        schedule=self.schedule, prefix_cache=self.prefix_cache,
-                        prefix_cache_dir=self.prefix_cache_dir, **extra)
+        """The experiment settings of one model of the grid; `extra` sets or overrides others."""
+        values = dict(model=model, corpus=self.corpus, seqlen=self.seqlen, calib_samples=self.calib_samples,
+                      eval_tokens=self.eval_tokens, holdout=self.holdout, seed=self.seeds[0],
+                      batch_size=self.batch_size, device=self.device, offload=self.offload, schedule=self.schedule,
+                      prefix_cache=self.prefix_cache, prefix_cache_dir=self.prefix_cache_dir)
+        return Settings(**{**values, **extra})
 
     def gate_rule(self, metric: str) -> GateRule:
         return dict(self.gate).get(metric, GateRule())

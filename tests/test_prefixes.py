@@ -254,6 +254,8 @@ def test_schedule_is_in_the_key_only_where_it_can_change_the_model(model_dir, te
             grid_suite(model_dir, text_file, schedule="both")
         with pytest.raises(PqqpError, match="bad prefix cache size -2"):
             grid_suite(model_dir, text_file, prefix_cache=-2)
+        assert staged.settings(model, prefix_cache=0.0).prefix_cache == 0.0  # a caller may override a suite key
+        assert fused.settings(model).schedule == "fused" and staged.settings(model).prefix_cache == 2.0
 
 
 DISK = ["quarot > rtn:w=4,a=4,kv=4 > sparsegpt:p=0.3", "magnitude:p=0.2 > sleb:p=0.5 > rtn:w=4",
