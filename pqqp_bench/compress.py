@@ -267,12 +267,13 @@ def schedule_matters(stages: tuple[Method, ...]) -> bool:
     return any(any(s.needs_calibration for s in run[:-1]) for run in segments(stages) if run[0].scope == "layer")
 
 
-def keeps_reference(stages: tuple[Method, ...]) -> bool:
+def keeps_reference(stages: tuple[Method, ...], schedule: str) -> bool:
     """Whether the engine must keep each block's weights from its first layer-scope pass to the end of the
-    recipe: a layer-scope pruner after another layer-scope stage breaks its score ties by those weights
-    (prune.py: after quantization many weights share one value; ties by position would bias the mask)."""
+    recipe: under `staged`, a layer-scope pruner after another layer-scope stage breaks its score ties by those
+    weights (prune.py: after quantization many weights share one value; ties by position would bias the mask).
+    `fused` breaks them by the weights at the start of each pass, as it always has."""
     layer = [s for s in stages if s.scope == "layer"]
-    return any(s.kind == "prune" for s in layer[1:])
+    return schedule == "staged" and any(s.kind == "prune" for s in layer[1:])
 
 
 def block_work(block: nn.Module, index: int, works: dict[int, LayerWork], seed: int) -> LayerWork:
@@ -400,15 +401,14 @@ def compress(
 
     `start`: a state of this recipe's first `start.done` stages (its `model` is `model`), from which only the
     remaining passes run. `at_cut` is called with the state at the end of every pass, the last included (a prefix
-    cache copies what it keeps; `prefixes.py`). `keep_reference` (default: `keeps_reference(recipe)`, staged only)
+    cache copies what it keeps; `prefixes.py`). `keep_reference` (default: `keeps_reference`; staged only)
     keeps each block's first-pass weights to the end, for a later prefix's pruners.
     """
-    blocks = decoder_blocks(model)
     runs = passes(recipe.stages, schedule)
-    keep = (keeps_reference(recipe.stages) if keep_reference is None else keep_reference) and schedule == "staged"
+    keep = keeps_reference(recipe.stages, schedule) if keep_reference is None else keep_reference and schedule == "staged"
     if start is None:
-        report = CompressionReport(str(recipe), recipe.ratios(),
-                                   sum(lin.weight.numel() for b in blocks for lin in block_linears(b).values()))
+        report = CompressionReport(str(recipe), recipe.ratios(), sum(
+            lin.weight.numel() for b in decoder_blocks(model) for lin in block_linears(b).values()))
         state = CompressionState(model, 0, {}, report, {})
     else:
         if start.model is not model or start.done not in cut_points(recipe.stages, schedule):
@@ -421,8 +421,9 @@ def compress(
     home = next(p.device for p in model.parameters() if not p.is_meta)
     device = torch.device(device) if device is not None else home
     refuse_model_scope(model, recipe.stages)
+    first = block_linears(decoder_blocks(model)[0])
     for stage in recipe.stages[state.done:]:
-        stage.validate(block_linears(decoder_blocks(model)[0]))
+        stage.validate(first)
     needed = [s.name for s in recipe.stages[state.done:] if s.needs_calibration]
     if needed and (calibration is None or calibration.numel() == 0):
         raise PqqpError(f"recipe '{recipe}' needs calibration samples (for {', '.join(needed)}): pass calibration token ids")

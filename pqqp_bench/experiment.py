@@ -148,8 +148,8 @@ class Experiment:
             return self.loaded.model, compress(self.loaded.model, recipe, progress=False, schedule=schedule), 0.0
         keys = {k: prefix_key(self.calibration_identity(seed), Recipe(recipe.stages[:k]), schedule)
                 for k in cut_points(recipe.stages, schedule)}
-        need = keeps_reference(recipe.stages) and schedule == "staged"
-        keep = need or (schedule == "staged" and any(self.prefixes.needs_reference(key) for key in keys.values()))
+        need = keeps_reference(recipe.stages, schedule)
+        keep = need or any(self.prefixes.needs_reference(key) for key in keys.values())
         start_time = time.perf_counter()
         start = self.prefixes.longest(keys.items(), need, self.loaded.model) if self.prefixes.capacity else None
         model = start.model if start is not None else copy.deepcopy(self.loaded.model)
@@ -157,7 +157,7 @@ class Experiment:
         torch.manual_seed(seed)
 
         def offer(state: CompressionState) -> None:
-            self.prefixes.offer(keys[state.done], state, keep)
+            self.prefixes.offer(keys[state.done], state, keep, recipe.stages[:state.done])
 
         report = compress(model, recipe, self.calibration_for(seed), device=self.device, seed=seed,
                           progress=self.settings.progress, schedule=schedule, start=start, keep_reference=keep,

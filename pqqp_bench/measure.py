@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import __version__
+from .compress import schedule_matters
 from .errors import PqqpError
 from .hypothesis import (CER, Estimate, Point, cer, combine_seeds, is_collapsed_metric, oriented,
                          paired_bootstrap_advantage, paired_bootstrap_samples, quant_ratio)
+from .prefixes import wanted_prefixes
 from .store import Measurement, MeasurementKey, Store
 from .ordering import OrderOutcome, outcome, recommend
 from .suite import Case, HypothesisSpec, OrderSpec, PipelineSpec, PointSpec, Suite
@@ -66,8 +68,6 @@ def corpus_identity(corpus: str) -> str:
 def calibration_key(suite: Suite, recipe: Recipe) -> str:
     """The calibration part of a measurement key: samples and their length, and the schedule wherever it can
     change the model (`compress.schedule_matters`: a recipe whose calibrated stage is followed by another)."""
-    from .compress import schedule_matters
-
     text = f"samples={suite.calib_samples},seqlen={suite.seqlen}"
     return text + (f",schedule={suite.schedule}" if schedule_matters(recipe.stages) else "")
 
@@ -164,8 +164,6 @@ class Bench:
             self.experiments[model] = Experiment(settings)
             if self.experiments[model].loaded.fingerprint != self.fingerprint(model):
                 raise PqqpError(f"model {model!r} changed while loading (fingerprint differs): run again")
-            from .prefixes import wanted_prefixes
-
             recipes = [c.recipe for c in self.suite.cases() if c.model == model]
             self.experiments[model].prefixes.wanted = wanted_prefixes(recipes, self.suite.schedule)
         return self.experiments[model]

@@ -155,7 +155,10 @@ def save_state(state: "CompressionState", folder: Path) -> Path:
         save_file(tensors, str(tmp / TENSORS))
         record["sha256"] = sha256(tmp / TENSORS)
         (tmp / STATE).write_text(json.dumps(record))
-        os.replace(tmp, folder) if not folder.exists() else None
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process wrote this entry meanwhile: keep theirs
+            pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -15,6 +15,7 @@ seed, count, length), the prefix's parameters (its recipe key) and the schedule.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import warnings
@@ -29,18 +30,19 @@ if TYPE_CHECKING:
     from torch import nn
 
     from .compress import CompressionState
+    from .methods.base import Method
     from .spec import Recipe
 
 GIB = 1024 ** 3
 
 
 def cache_size(text: str | float | int) -> float:
-    """A prefix-cache size in GiB: a number >= 0 (0 turns the cache off)."""
+    """A prefix-cache size in GiB: a finite number >= 0 (0 turns the cache off)."""
     try:
         value = float(text)
     except (TypeError, ValueError):
-        raise PqqpError(f"bad prefix cache size {text!r}: accepted a size in GiB >= 0, e.g. 4 (0 turns reuse off)") from None
-    if not value >= 0 or value == float("inf"):
+        value = math.nan
+    if not 0 <= value < math.inf:
         raise PqqpError(f"bad prefix cache size {text!r}: accepted a size in GiB >= 0, e.g. 4 (0 turns reuse off)")
     return value
 
@@ -79,8 +81,10 @@ class PrefixCache:
         """Whether a case that will start from this prefix needs each block's first-pass weights kept."""
         return bool(self.wanted and self.wanted.get(key[-2]))
 
-    def offer(self, key: tuple, state: "CompressionState", has_reference: bool) -> None:
-        """Keep a copy of `state` under `key` where the grid wants it and it fits; evict the least recently used."""
+    def offer(self, key: tuple, state: "CompressionState", has_reference: bool, stages: tuple["Method", ...] = ()
+              ) -> None:
+        """Keep a copy of `state` (after `stages`, the prefix it holds) under `key` where the grid wants it and it
+        fits; evict the least recently used."""
         if not self.wants(key) or (key in self.entries and (self.entries[key][1] or not has_reference)):
             return
         size = state.nbytes()
@@ -93,15 +97,24 @@ class PrefixCache:
         self.sizes[key] = size
         self.stored += 1
         if self.folder is not None:
-            self.write(key, state, has_reference, size)
+            self.write(key, state, has_reference, size, stages)
 
-    def write(self, key: tuple, state: "CompressionState", has_reference: bool, size: int) -> None:
-        """The on-disk copy of an entry, for other processes and later runs (prefix_files.py)."""
-        from .prefix_files import NotWritable, entry_name, evict, save_state, writable
+    def path(self, key: tuple, has_reference: bool) -> Path:
+        """The on-disk entry of `key` (with or without reference weights)."""
+        from .prefix_files import entry_name
 
         assert self.folder is not None
-        target = self.folder / f"{entry_name(key)}-{'ref' if has_reference else 'noref'}"
-        if target.exists() or not writable(self.stages_of(state)):
+        return self.folder / f"{entry_name(key)}-{'ref' if has_reference else 'noref'}"
+
+    def write(self, key: tuple, state: "CompressionState", has_reference: bool, size: int,
+              stages: tuple["Method", ...]) -> None:
+        """The on-disk copy of an entry, for other processes and later runs (prefix_files.py); only prefixes of
+        methods the disk form describes (`prefix_files.writable`)."""
+        from .prefix_files import NotWritable, evict, save_state, writable
+
+        assert self.folder is not None
+        target = self.path(key, has_reference)
+        if target.exists() or not stages or not writable(stages):
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         evict(self.folder, self.capacity, size)
@@ -131,11 +144,10 @@ class PrefixCache:
         return None
 
     def read(self, key: tuple, need_reference: bool, dense: "nn.Module") -> "CompressionState | None":
-        from .prefix_files import STATE, entry_name, load_state
+        from .prefix_files import STATE, load_state
 
-        assert self.folder is not None
-        for kind in ("ref",) if need_reference else ("ref", "noref"):
-            path = self.folder / f"{entry_name(key)}-{kind}"
+        for has_reference in (True,) if need_reference else (True, False):
+            path = self.path(key, has_reference)
             if not path.is_dir():
                 continue
             try:
@@ -148,19 +160,9 @@ class PrefixCache:
             return state
         return None
 
-    @staticmethod
-    def stages_of(state: "CompressionState") -> tuple:
-        from .spec import parse_recipe
-
-        return parse_recipe(state.report.recipe).stages[:state.done]
-
     def drop(self, key: tuple) -> None:
         self.entries.pop(key, None)
         self.sizes.pop(key, None)
-
-    def clear(self) -> None:
-        self.entries.clear()
-        self.sizes.clear()
 
 
 def prefix_key(identity: tuple, prefix: "Recipe", schedule: str) -> tuple:
@@ -184,7 +186,7 @@ def wanted_prefixes(recipes: Iterable["Recipe"], schedule: str) -> dict[str, boo
         for k in cut_points(recipe.stages, schedule)[:-1]:
             key = Recipe(recipe.stages[:k]).key
             count[key] = count.get(key, 0) + 1
-            reference[key] = reference.get(key, False) or keeps_reference(recipe.stages)
+            reference[key] = reference.get(key, False) or keeps_reference(recipe.stages, schedule)
     return {key: reference[key] for key in count if count[key] > 1 or key in own}
 
 

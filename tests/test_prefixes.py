@@ -95,8 +95,9 @@ def test_passes_and_cut_points() -> None:
     assert [len(p) for p in passes(recipe.stages, "fused")] == [1, 2, 1, 1]
     assert cut_points(recipe.stages, "staged") == [1, 2, 3, 4, 5]
     assert cut_points(recipe.stages, "fused") == [1, 3, 4, 5]
-    assert keeps_reference(parse_recipe("rtn:w=4 > wanda:p=0.2").stages)
-    assert not keeps_reference(parse_recipe("wanda:p=0.2 > rtn:w=4").stages)
+    assert keeps_reference(parse_recipe("rtn:w=4 > wanda:p=0.2").stages, "staged")
+    assert not keeps_reference(parse_recipe("rtn:w=4 > wanda:p=0.2").stages, "fused")
+    assert not keeps_reference(parse_recipe("wanda:p=0.2 > rtn:w=4").stages, "staged")
     with pytest.raises(PqqpError, match="unknown schedule 'interleaved': accepted staged, fused"):
         passes(recipe.stages, "interleaved")
 
@@ -294,7 +295,7 @@ def test_disk_cache_serves_another_process_and_repairs_a_corrupt_entry(tokens, t
     states: list[CompressionState] = []
     compress(copy.deepcopy(dense), recipe, tokens, progress=False, keep_reference=True,
              at_cut=lambda s: states.append(s.clone()))
-    writer.offer(key, states[1], True)
+    writer.offer(key, states[1], True, recipe.stages[:2])
     assert writer.written == 1
     reader = PrefixCache(gib=1.0, folder=tmp_path / "cache")  # another process: an empty memory
     state = reader.longest([(2, key)], True, dense)
@@ -323,3 +324,24 @@ def test_xdist_shards_are_runs_of_consecutive_cases() -> None:
     cases = [SimpleNamespace(model="a") for _ in range(7)] + [SimpleNamespace(model="b") for _ in range(3)]
     assert case_groups(cases, 4) == ["a#0"] * 4 + ["a#1"] * 3 + ["b#0"] * 2 + ["b#1"]
     assert case_groups(cases, 1) == ["a#0"] * 7 + ["b#0"] * 3
+
+
+def test_a_grid_writes_its_prefixes_to_disk_and_a_new_process_starts_from_them(model_dir, text_file, tmp_path) -> None:
+    """With `prefix_cache_dir`, a grid's wanted prefixes are written there; a second bench (a new process: empty
+    memory, fresh store) starts its cases from them and stores the same values and per-window NLLs."""
+    from pqqp_bench.measure import Bench
+    from pqqp_bench.store import Store
+
+    suite = grid_suite(model_dir, text_file, prefix_cache_dir=str(tmp_path / "prefixes"))
+    stored = []
+    for run in ("first", "second"):
+        with Store(tmp_path / f"{run}.sqlite") as store:
+            bench = Bench(suite, store, progress=False)
+            stored.append({c.recipe.key: m for c in suite.cases() for m in bench.measure_case(c)})
+            cache = bench.experiments[str(model_dir)].prefixes
+        if run == "first":
+            assert cache.written > 0 and cache.read_from_disk == 0
+    assert cache.read_from_disk > 0
+    for key, measured in stored[0].items():
+        assert measured.value == stored[1][key].value
+        assert measured.details["window_nll"] == stored[1][key].details["window_nll"]

@@ -123,7 +123,6 @@ class RoundResult:
     best: int
     score: float
     exact: int
-    candidates: int
 
 
 def bounded_round(blocks: nn.ModuleList, calls: list[dict], kept: list[int], inputs: list[torch.Tensor],
@@ -153,7 +152,7 @@ def bounded_round(blocks: nn.ModuleList, calls: list[dict], kept: list[int], inp
             best, score = pos, value
     if best < 0 or math.isinf(score):  # every candidate's NLL is NaN or infinite: as `lowest`, the lowest position
         best, score = 0, head.nll(states[0], samples)
-    return RoundResult(best, score, exact, len(kept))
+    return RoundResult(best, score, exact)
 
 
 def lowest(scores: list[float]) -> int:
@@ -188,8 +187,8 @@ def select_blocks(
                   disable=not progress):
         if top is None or not isinstance(head.lm_head, nn.Linear):
             scores = round_scores(blocks, calls, kept, inputs, head, samples)
-            best, score, exact = lowest(scores), None, len(kept)
-            score = scores[best]
+            best = lowest(scores)
+            score, exact = scores[best], len(kept)
         else:
             result = bounded_round(blocks, calls, kept, inputs, head, samples, top)
             best, score, exact = result.best, result.score, result.exact
