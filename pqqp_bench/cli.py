@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tabulate import tabulate
 from transformers.utils import logging as hf_logging
@@ -96,13 +97,9 @@ def describe(case: CaseResult) -> str:
     )
 
 
-def command_suite(args: argparse.Namespace) -> int:
-    """`pqqp run --suite FILE`: the grid `pytest suites/` runs, without pytest, through the same store."""
-    from tqdm.auto import tqdm
-
-    from .measure import Bench, progress_line
-    from .report import full_report
-    from .store import Store
+def suite_of(args: argparse.Namespace, **extra: Any) -> "Suite":
+    """The `--suite` file with the command line's settings and grid overrides (the keys `pytest suites/` takes as
+    `--pqqp-*`): `--model` sets the suite's models, `--seed` its seeds; `extra` sets further keys."""
     from .suite import load_suite
 
     given = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
@@ -111,7 +108,35 @@ def command_suite(args: argparse.Namespace) -> int:
         overrides["models"] = given["model"]
     if given.get("seed") is not None:
         overrides["seeds"] = str(given["seed"])
-    suite = load_suite(args.suite, **overrides, **{k: getattr(args, k) for k in GRID_FLAGS if getattr(args, k) is not None})
+    grid = {k: getattr(args, k) for k in GRID_FLAGS if getattr(args, k, None) is not None}
+    return load_suite(args.suite, **overrides, **grid, **{k: v for k, v in extra.items() if v is not None})
+
+
+def add_suite_overrides(parser: argparse.ArgumentParser) -> None:
+    """The model, corpus and evaluation settings and the grid flags of `pqqp run --suite`, for the commands that
+    read a suite's stored results (leaderboard, gate), so a run on another model is published without a new YAML."""
+    parser.add_argument("--model", default=None, help="the suite's models, comma-separated (default: the suite's)")
+    parser.add_argument("--corpus", default=None, help="pydoc, austen, wikitext2, or a .txt/.jsonl path (default: the suite's)")
+    for flag, kind, text in (("seqlen", int, "tokens per calibration sample and evaluation window"),
+                             ("calib-samples", int, "calibration windows"),
+                             ("eval-tokens", int, "evaluation tokens"),
+                             ("holdout", float, "fraction of the corpus held out for evaluation"),
+                             ("seed", int, "calibration seed")):
+        parser.add_argument(f"--{flag}", type=kind, default=None, help=f"{text} (default: the suite's)")
+    parser.add_argument("--schedule", default=None, choices=("staged", "fused"), help="the composition schedule (default: the suite's)")
+    for flag in GRID_FLAGS:
+        parser.add_argument(f"--{flag.replace('_', '-')}", default=None, help=f"override the suite's {flag}")
+
+
+def command_suite(args: argparse.Namespace) -> int:
+    """`pqqp run --suite FILE`: the grid `pytest suites/` runs, without pytest, through the same store."""
+    from tqdm.auto import tqdm
+
+    from .measure import Bench, progress_line
+    from .report import full_report
+    from .store import Store
+
+    suite = suite_of(args)
     with Store(args.store) as store:
         bench = Bench(suite, store, refresh=args.refresh, progress=not args.no_progress, cache_dir=args.cache_dir,
                       trust_remote_code=args.trust_remote_code, vllm_venv=args.vllm_venv)
@@ -170,10 +195,11 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     """`pqqp leaderboard`: tables, plots and an index from the store; the command is recorded in the index."""
     from .leaderboard import build
     from .store import Store
-    from .suite import load_suite
 
-    command = f"pqqp leaderboard --suite {args.suite} --store {args.store} --out {args.out}"
-    suite = load_suite(args.suite)
+    given = [f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(args).items()
+             if k in (*SUITE_KEYS, *GRID_FLAGS, "model", "seed") and v is not None]
+    command = " ".join(["pqqp leaderboard", f"--suite {args.suite} --store {args.store} --out {args.out}", *given])
+    suite = suite_of(args)
     with Store(existing_store(args.store)) as store:
         for path in build(stored_bench(suite, store, args), Path(args.out), command):
             print(f"wrote {path}")
@@ -184,13 +210,21 @@ def command_gate(args: argparse.Namespace) -> int:
     """`pqqp gate`: 1 when a case regressed against the baseline, 0 otherwise (2: bad input)."""
     from .gate import run_gate, with_overrides
     from .store import Store
-    from .suite import load_suite
 
-    suite = with_overrides(load_suite(args.suite, noise_sigmas=args.noise_sigmas), args.rel_tol, args.min_recovery)
+    suite = with_overrides(suite_of(args, noise_sigmas=args.noise_sigmas), args.rel_tol, args.min_recovery)
     with Store(existing_store(args.store)) as store:
         code, text = run_gate(stored_bench(suite, store, args), args.baseline, update=args.update_baseline)
     print(text)
     return code
+
+
+def command_import(args: argparse.Namespace) -> int:
+    from .store import Store
+
+    with Store(args.store) as store:
+        added, kept = store.import_json(args.file)
+    print(f"{added} measurements added to {args.store}, {kept} already stored")
+    return 0
 
 
 def command_export(args: argparse.Namespace) -> int:
@@ -368,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--json", help="write a JSON list here")
     export.add_argument("--csv", help="write a CSV table here")
     export.set_defaults(func=command_export)
+    imported = sub.add_parser("import", help="add the measurements of a `pqqp export --json` file (a published "
+                                             "leaderboard's data) to a results store")
+    imported.add_argument("file", help="the JSON file, e.g. leaderboard/paper-fig3/measurements.json")
+    imported.add_argument("--store", default=str(default_store_path()), help="the results store (default $PQQP_STORE or results/pqqp.sqlite)")
+    imported.set_defaults(func=command_import)
     board = sub.add_parser("leaderboard", help="write Markdown/HTML tables, PNG plots and an index from the store")
     gate = sub.add_parser("gate", help="compare the store with a baseline: exit 1 when a case regressed")
     for command in (board, gate):
@@ -375,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--store", default=str(default_store_path()),
                              help="the results store (default $PQQP_STORE or results/pqqp.sqlite)")
         command.add_argument("--cache-dir", default=None, help="model cache, for the weights' fingerprints")
+        add_suite_overrides(command)
     board.add_argument("--out", default="leaderboard", help="output folder (default leaderboard)")
     board.set_defaults(func=command_leaderboard)
     gate.add_argument("--baseline", required=True, help="baseline JSON, e.g. leaderboard/baseline.json")

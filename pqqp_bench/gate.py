@@ -9,14 +9,15 @@ comparable.
 A case regresses when, per the suite's `gate:` rule for its metric (`GateRule`):
 
 * `rel_tol`: its mean over the seeds both sides measured is worse than the baseline's by more than
-  rel_tol·|baseline| plus a noise allowance of `noise_sigmas` standard errors of the difference of the two
+  rel_tol·|baseline| (rel_tol in the metric's own units where the baseline is 0) plus a noise allowance of `noise_sigmas` standard errors of the difference of the two
   means, from the seed spread where several seeds were measured (none with one seed: the same seed on the
   same store reproduces the number exactly);
 * `min_recovery`: it kept less than that fraction of the dense model's quality (ppl: dense/ppl; accuracy:
   acc/dense) while the baseline kept at least that much.
 
 Cases only in the baseline are reported as missing; cases only in the store are new; neither fails the gate,
-except that a baseline none of whose cases is in the store fails it (the gate would have checked nothing).
+except that a gate that compared no case fails (it would have checked nothing). A baseline with no cases, a
+case listed twice or a NaN value is refused in one line, as are non-finite or negative tolerances and sigmas.
 """
 
 from __future__ import annotations
@@ -123,7 +124,14 @@ def load_baseline(path: str | Path) -> Snapshot:
         raise refuse(path, f"has format {data['format']!r}, not {FORMAT!r}")
     if not isinstance(data["models"], dict) or not isinstance(data["cases"], list):
         raise refuse(path, "has 'models' that is not an object or 'cases' that is not a list")
-    cases = dict(parse_case(path, i, c) for i, c in enumerate(data["cases"]))
+    cases: dict[CaseId, Values] = {}
+    for i, c in enumerate(data["cases"]):
+        ident, values = parse_case(path, i, c)
+        if ident in cases:
+            raise refuse(path, f"case {i} repeats {ident[1]!r} ({ident[2]}, {ident[0]}): one entry per case")
+        cases[ident] = values
+    if not cases:
+        raise refuse(path, "has no cases (a gate against it would compare nothing)")
     return Snapshot(str(data["suite"]), str(data["harness_version"]), {str(k): str(v) for k, v in data["models"].items()},
                     str(data["corpus"]), str(data["split"]), cases)
 
@@ -137,6 +145,8 @@ def parse_case(path: Path, index: int, case: Any) -> tuple[CaseId, Values]:
     seeds = case.get("seeds")
     try:
         values = {int(s): float(v) for s, v in seeds.items()}
+        if not all(math.isfinite(v) or math.isinf(v) for v in values.values()):
+            raise ValueError("nan")
         ident = (str(case["model"]), str(case["recipe"]), str(case["metric"]))
     except (AttributeError, KeyError, TypeError, ValueError):
         raise refuse(path, f"case {index} needs model, recipe, metric and seeds {{seed: value}}, got {case!r:.120}") from None
@@ -199,7 +209,7 @@ class Outcome:
     @property
     def failed(self) -> bool:
         """A regression, or a baseline none of whose cases could be compared (a gate that checked nothing)."""
-        return bool(self.regressions) or (not self.findings and bool(self.missing))
+        return bool(self.regressions) or not self.findings
 
 
 def dense_means(snap: Snapshot) -> dict[tuple[str, str], float]:
@@ -215,8 +225,9 @@ def judge(case: CaseId, base: Values, cur: Values, rule: GateRule, sigmas: float
         return None
     b, c = base.mean(seeds), cur.mean(seeds)
     sign = 1.0 if higher_is_better(case[2]) else -1.0
-    worse = sign * (b - c) / abs(b) if b else math.nan
-    noise = sigmas * math.sqrt(base.variance_of_mean(seeds) + cur.variance_of_mean(seeds)) / abs(b) if b else 0.0
+    scale = abs(b) if b else 1.0  # a zero baseline (an accuracy of 0) is compared in the metric's own units
+    worse = sign * (b - c) / scale
+    noise = sigmas * math.sqrt(base.variance_of_mean(seeds) + cur.variance_of_mean(seeds)) / scale
     allowed = math.nan if rule.rel_tol is None else rule.rel_tol + noise
     reasons = []
     if rule.rel_tol is not None and (worse > allowed or math.isnan(c) != math.isnan(b)):
@@ -266,7 +277,7 @@ def render(outcome: Outcome, suite: Suite, base_path: Path) -> str:
         lines.append("missing from the current store (not compared): "
                      + "; ".join(f"{r} ({k})" for _, r, k in outcome.missing))
     if outcome.failed and not regressions:
-        lines.append("no case of the baseline is in the current store: measurements are keyed by the harness "
+        lines.append("no case was compared, so the gate checked nothing: no case of the baseline is in the current store: measurements are keyed by the harness "
                      "version and the suite's settings; run the suite, or rewrite the baseline with --update-baseline")
     metrics = {f.case[2] for f in outcome.findings} or {"ppl"}
     verdict = "FAILED" if outcome.failed else "passed"

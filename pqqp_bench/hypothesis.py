@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -377,7 +377,7 @@ def _rank_correlation(kind: str, x: np.ndarray, y: np.ndarray) -> float:
     return float(result[0])
 
 
-def monotonicity(points: Iterable[Point], *, sigmas: float = 2.0) -> Monotonicity:
+def monotonicity(points: Iterable[Point], *, sigmas: float = 2.0, replicates: np.ndarray | None = None) -> Monotonicity:
     """Check Hypothesis 1 as Theorem 2 states it: A(Q->P) is non-decreasing in x = C*_P - C_Q for fixed p.
 
     Collapsed points are outside the theorem's assumptions (App. D.6) and are excluded but kept in the result.
@@ -385,11 +385,17 @@ def monotonicity(points: Iterable[Point], *, sigmas: float = 2.0) -> Monotonicit
     A_j < A_i - sigmas·sqrt(stderr_i² + stderr_j²) is a violation. Spearman and Kendall correlations of (x, A)
     are nan for fewer than 3 points or constant input. Theorem 2 holds p fixed: pass one p's points, or use
     `monotonicity_per_p`; points whose CER is a bound are kept, with the flag shown in `table()`.
+    With `replicates` ([resamples, points], the joint bootstrap of `judge`, aligned with `points` as given) a
+    pair's tolerance is sigmas times the spread of its own replicated difference, which keeps the correlation of
+    points measured on the same windows, in place of the independent sqrt(stderr_i² + stderr_j²).
     """
     sigmas = _finite("sigmas", sigmas)
     if sigmas < 0:
         raise PqqpError(f"sigmas={sigmas!r}: a non-negative number is required")
     points = list(points)
+    if replicates is not None and np.shape(replicates)[1:] != (len(points),):
+        raise PqqpError(f"replicates of shape {np.shape(replicates)} for {len(points)} points: [resamples, points] is required")
+    column = {id(pt): i for i, pt in enumerate(points)}
     included, excluded = [pt for pt in points if not pt.collapsed], [pt for pt in points if pt.collapsed]
     for pt in included:
         for name, value in (("advantage", pt.advantage), ("stderr", pt.stderr), ("x", pt.x)):
@@ -402,7 +408,10 @@ def monotonicity(points: Iterable[Point], *, sigmas: float = 2.0) -> Monotonicit
         for hi in included[i + 1:]:
             if not lo.x < hi.x:
                 continue
-            tolerance = sigmas * math.hypot(lo.stderr, hi.stderr)
+            if replicates is None:
+                tolerance = sigmas * math.hypot(lo.stderr, hi.stderr)
+            else:
+                tolerance = sigmas * float(np.std(replicates[:, column[id(hi)]] - replicates[:, column[id(lo)]], ddof=1))
             if hi.advantage < lo.advantage - tolerance:
                 violations.append(Violation(lo.x, lo.advantage, hi.x, hi.advantage, lo.advantage - hi.advantage, tolerance))
     x = np.array([pt.x for pt in included])
@@ -543,3 +552,325 @@ def structured_zero_interference(advantages_with_flags: Iterable[InterferenceRow
     """Entries contradicting Finding 4 (§5.2): same_structure is True (no unit changes assignment between the
     orders, so no interference) yet A(Q->P) is not exactly 0.0."""
     return [row for row in advantages_with_flags if row[4] is True and float(row[3]) != 0.0]
+
+
+# ------------------------------------------------------------------- trend tests: three verdicts with power
+#
+# Hypothesis 1 says A(Q->P) rises with x. A test of it must be able to come out three ways on real data.
+#
+# * One bootstrap world per test: every point of a test is measured on the same evaluation windows (or lm-eval
+#   documents), so one resample of window indices, shared by all points and both orders, gives one replicate of
+#   every A at once (with several calibration seeds, the seeds are resampled too). This keeps the points'
+#   correlation (a hard window is hard for every recipe), which independent per-point errors would count as noise.
+# * The trend is the least-squares slope of A on x. It is continuous (Spearman's rho over 3-5 points takes a
+#   handful of values, so its bootstrap quantiles are coarse) and has a standard error from the replicates, hence
+#   a smallest detectable trend. Spearman's rho is shown beside it with its bootstrap interval.
+# * Bounds are normal-theory with the bootstrap standard error, made honest for few windows: the bootstrap
+#   variance is inflated by n/(n-1) and Student's t with n-1 degrees of freedom replaces z (n windows). Plain
+#   percentile bounds, tried first on the simulated flat trends of tests/test_verdicts.py (300 tests of 4 points
+#   on 16 windows), called 12% of them falling at a nominal one-sided 5%; these bounds keep both errors under 5%
+#   (measured there).
+# * supported: the slope's one-sided lower bound at `level` (5%) is above 0, and no pair breaks monotonicity;
+#   violated: the slope's one-sided upper bound at level/2 is below 0, or some pair i < j (by x) drops by more
+#   than c standard errors of that pair's own replicated difference, c = max(noise_sigmas, the Bonferroni
+#   critical value t(1 - level/(2m)) over the m pairs compared). The two halves keep the chance of calling a
+#   flat trend violated at most `level`, as the chance of calling it supported is;
+# * inconclusive: neither; it states the smallest slope these data detect with 80% power at `level`:
+#   (t(1 - level) + z(0.8)) x stderr(slope).
+#
+# x is taken as measured (the CER of each point): within one pruning ratio the order of x is that of C_Q, which
+# has no noise; across pruning ratios (the pooled view) the noise of C*_P is left out, a stated simplification.
+
+SUPPORTED, VIOLATED, INCONCLUSIVE = "supported", "violated", "inconclusive"
+VERDICTS = (SUPPORTED, VIOLATED, INCONCLUSIVE)
+POWER = 0.8
+"""The power at which `Trend.detectable` is stated."""
+
+
+@dataclass(frozen=True)
+class Paired:
+    """One point's two recipes on evaluation units shared by every point of its test.
+
+    Per calibration seed, an [units, 2] array of (value, weight) per unit for each recipe; the metric is
+    M = statistic(sum(value) / sum(weight)). Perplexity: a window's summed NLL and its token count, with
+    M = -exp(r) (`perplexity_pair`); lm-eval: a document's sample (`sample_pair`). A = M(first) - M(second).
+    """
+
+    first: tuple[np.ndarray, ...]
+    second: tuple[np.ndarray, ...]
+    statistic: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def units(self) -> int:
+        return len(self.first[0])
+
+    def advantage(self, index: np.ndarray | None = None, seeds: np.ndarray | None = None) -> np.ndarray:
+        """A on the full data ([1]: the mean over seeds), or per bootstrap replicate: `index` [R, units] resamples
+        the units, `seeds` [R, S] (or None) the seeds; a point with fewer seeds takes each draw modulo its count."""
+        per_seed = []
+        for a, b in zip(self.first, self.second):
+            if index is not None:
+                a, b = a[index], b[index]
+            r_a, r_b = a[..., 0].sum(-1) / a[..., 1].sum(-1), b[..., 0].sum(-1) / b[..., 1].sum(-1)
+            with np.errstate(over="ignore", invalid="ignore"):
+                per_seed.append(np.atleast_1d(self.statistic(r_a) - self.statistic(r_b)))
+        values = np.stack(per_seed, axis=-1)  # [R or 1, seeds]
+        if seeds is None or index is None:
+            return values.mean(axis=1)
+        return np.take_along_axis(values, seeds % values.shape[1], axis=1).mean(axis=1)
+
+
+def _neg_exp(r: np.ndarray) -> np.ndarray:
+    return -np.exp(r)
+
+
+def perplexity_pair(first: Sequence[Sequence[float]], second: Sequence[Sequence[float]], tokens_per_window: int) -> Paired:
+    """A `Paired` of per-seed per-window summed NLLs (M = -ppl), each window scoring `tokens_per_window` tokens."""
+    if isinstance(tokens_per_window, bool) or int(tokens_per_window) != tokens_per_window or tokens_per_window < 1:
+        raise PqqpError(f"tokens_per_window={tokens_per_window!r}: a positive integer is required")
+
+    def arrays(name: str, per_seed: Sequence[Sequence[float]]) -> tuple[np.ndarray, ...]:
+        out = []
+        for nll in per_seed:
+            values = _nll_array(name, nll)
+            out.append(np.column_stack([values, np.full(values.size, float(tokens_per_window))]))
+        return tuple(out)
+
+    return _checked(arrays("first", first), arrays("second", second), _neg_exp)
+
+
+def sample_pair(metric: str, first: Sequence[Sequence], second: Sequence[Sequence]) -> Paired:
+    """A `Paired` of per-seed lm-eval samples (one per document) of `metric` (see `sample_statistic`)."""
+    return _checked(tuple(_sample_pairs("first", s) for s in first), tuple(_sample_pairs("second", s) for s in second),
+                    sample_statistic(metric))
+
+
+def _checked(first: tuple[np.ndarray, ...], second: tuple[np.ndarray, ...], statistic: Callable) -> Paired:
+    if not first or len(first) != len(second):
+        raise PqqpError(f"{len(first)} seed(s) for the first recipe and {len(second)} for the second: the same "
+                        f"non-zero number is required")
+    sizes = {len(a) for a in (*first, *second)}
+    if len(sizes) != 1:
+        raise PqqpError(f"evaluation units per seed and recipe differ ({sorted(sizes)}): the same windows or documents "
+                        f"for every measurement are required")
+    return Paired(first, second, statistic)
+
+
+def bootstrap_advantages(pairs: Sequence[Paired], *, resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """[resamples, points] replicates of every point's A from one shared resampling of units (and seeds).
+
+    All points must be measured on the same number of units (the same windows). Deterministic given `seed`.
+    """
+    if isinstance(resamples, bool) or int(resamples) != resamples or resamples < 2:
+        raise PqqpError(f"resamples={resamples!r}: an integer >= 2 is required")
+    if not pairs:
+        return np.zeros((int(resamples), 0))
+    units = {p.units for p in pairs}
+    if len(units) != 1:
+        raise PqqpError(f"the points were evaluated on different numbers of units ({sorted(units)}): one shared set of "
+                        f"windows or documents is required for a joint test")
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, units.pop(), size=(int(resamples), pairs[0].units))
+    n_seeds = max(len(p.first) for p in pairs)
+    seeds = rng.integers(0, n_seeds, size=(int(resamples), n_seeds)) if n_seeds > 1 else None
+    return np.column_stack([p.advantage(index, seeds) for p in pairs])
+
+
+def inflated_stderr(replicates: np.ndarray, units: int) -> np.ndarray:
+    """The bootstrap standard error of each column, inflated by sqrt(n/(n-1)) for n resampled units."""
+    if units < 2:
+        raise PqqpError(f"units={units!r}: at least 2 evaluation windows or documents are required for an error")
+    return np.std(replicates, axis=0, ddof=1) * math.sqrt(units / (units - 1))
+
+
+@dataclass(frozen=True)
+class Trend:
+    """The least-squares slope of A on x and Spearman's rho over one test's points.
+
+    `slope_low` is the one-sided lower bound at `level`, `slope_high` the one-sided upper bound at level/2
+    (Student's t on `units` - 1 degrees of freedom and the inflated bootstrap stderr); Spearman's bounds are
+    the `level` and 1 - `level` quantiles of its replicates.
+    """
+
+    n_points: int
+    units: int
+    slope: float
+    slope_stderr: float
+    spearman: float
+    spearman_low: float
+    spearman_high: float
+    level: float
+
+    def t(self, level: float) -> float:
+        return float(stats.t.ppf(1 - level, self.units - 1))
+
+    @property
+    def slope_low(self) -> float:
+        return self.slope - self.t(self.level) * self.slope_stderr
+
+    @property
+    def slope_high(self) -> float:
+        return self.slope + self.t(self.level / 2) * self.slope_stderr
+
+    @property
+    def detectable(self) -> float:
+        """The smallest slope the one-sided test at `level` detects with probability `POWER` on these data."""
+        return (self.t(self.level) + float(stats.norm.ppf(POWER))) * self.slope_stderr
+
+
+def _slopes(x: np.ndarray, a: np.ndarray) -> np.ndarray:
+    centred = x - x.mean()
+    return (a - a.mean(axis=-1, keepdims=True)) @ centred / float(centred @ centred)
+
+
+def _spearman_rows(x: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Spearman's rho of x with each row of `a` (average ranks for ties; nan for a constant row)."""
+    rx = stats.rankdata(x)
+    ra = stats.rankdata(a, axis=-1)
+    rx, ra = rx - rx.mean(), ra - ra.mean(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (ra @ rx) / np.sqrt((ra * ra).sum(axis=-1) * float(rx @ rx))
+
+
+def _level(level: float) -> float:
+    level = _finite("level", level)
+    if not 0 < level < 0.5:
+        raise PqqpError(f"level={level!r}: a one-sided test level 0 < level < 0.5 is required")
+    return level
+
+
+def trend_test(x: Sequence[float], values: Sequence[float], replicates: np.ndarray, units: int, *,
+               level: float = 0.05) -> Trend | None:
+    """The trend of A (`values`, the full-data estimates) in x, its error from `replicates` [R, points] of a
+    bootstrap over `units` windows or documents. None for fewer than 2 points or a constant x."""
+    level = _level(level)
+    xs, a, rep = np.asarray(x, dtype=float), np.asarray(values, dtype=float), np.asarray(replicates, dtype=float)
+    if rep.ndim != 2 or rep.shape[1] != xs.size or a.size != xs.size:
+        raise PqqpError(f"replicates of shape {rep.shape} for {xs.size} x and {a.size} values: [resamples, points] is required")
+    if xs.size < 2 or np.ptp(xs) == 0:
+        return None
+    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(a)) and np.all(np.isfinite(rep))):
+        raise PqqpError("x, A or their replicates hold a non-finite value: leave collapsed points out of the trend")
+    slopes = _slopes(xs, rep)
+    rhos = _spearman_rows(xs, rep)
+    rho_low, rho_high = (float(v) for v in np.nanquantile(rhos, [level, 1 - level])) if np.any(np.isfinite(rhos)) \
+        else (math.nan, math.nan)
+    return Trend(xs.size, int(units), float(_slopes(xs, a[None, :])[0]), float(inflated_stderr(slopes[:, None], units)[0]),
+                 float(_spearman_rows(xs, a[None, :])[0]), rho_low, rho_high, level)
+
+
+def break_sigmas(sigmas: float, pairs: int, units: int, level: float) -> float:
+    """The standard errors a pair's drop must exceed to violate monotonicity: at least `sigmas`, and at least the
+    Bonferroni critical value t(1 - level/(2·pairs)) on units - 1 degrees of freedom (see the section's comment)."""
+    if pairs < 1:
+        return sigmas
+    return max(sigmas, float(stats.t.ppf(1 - _level(level) / (2 * pairs), units - 1)))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One of `VERDICTS` and the reason, with the figures it rests on."""
+
+    verdict: str
+    reason: str
+
+
+def decide(result: Monotonicity, trend: Trend | None) -> Decision:
+    """Supported, violated or inconclusive (see the section's comment): a break beyond noise or a slope whose
+    upper bound is below 0 violates; a slope whose lower bound is above 0 supports; otherwise inconclusive."""
+    if result.violations:
+        v = max(result.violations, key=lambda v: v.drop - v.tolerance)
+        return Decision(VIOLATED, f"A drops from {v.a_low:.4g} at x = {v.x_low:.3g} to {v.a_high:.4g} at x = "
+                                  f"{v.x_high:.3g}: by {v.drop:.3g}, beyond {result.sigmas:.3g} sigma = {v.tolerance:.3g}")
+    if trend is None:
+        return Decision(INCONCLUSIVE, f"{result.n_points} point(s) in the practical regime with distinct x: a trend "
+                                      f"needs at least 2")
+    bound = f"one-sided {1 - trend.level:.0%}"
+    if trend.slope_high < 0:
+        return Decision(VIOLATED, f"A falls with x: slope {trend.slope:.3g}, one-sided {1 - trend.level / 2:.1%} upper bound "
+                                  f"{trend.slope_high:.3g} < 0")
+    if trend.slope_low > 0:
+        return Decision(SUPPORTED, f"A rises with x: slope {trend.slope:.3g}, {bound} lower bound {trend.slope_low:.3g} "
+                                   f"> 0, and no pair drops beyond {result.sigmas:.3g} sigma")
+    return Decision(INCONCLUSIVE, f"slope {trend.slope:.3g}: its lower bound {trend.slope_low:.3g} is not above 0 nor "
+                                  f"its upper bound {trend.slope_high:.3g} below 0; the smallest slope these data detect "
+                                  f"({POWER:.0%} power, {trend.level:.0%} level) is {trend.detectable:.3g}")
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A test's points (stderr from the joint replicates), its monotonicity check, trend and decision."""
+
+    points: tuple[Point, ...]
+    result: Monotonicity
+    trend: Trend | None
+    decision: Decision
+    replicates: np.ndarray = field(compare=False, repr=False, default_factory=lambda: np.zeros((0, 0)))
+    """[resamples, points] bootstrap replicates of every point's A (nan for a collapsed point)."""
+
+    @property
+    def verdict(self) -> str:
+        return self.decision.verdict
+
+
+def judge(points: Sequence[Point], pairs: Sequence[Paired | None], *, sigmas: float = 2.0, resamples: int = 2000,
+          seed: int = 0, level: float = 0.05) -> Judged:
+    """Judge one test: A non-decreasing in x (Theorem 2) with the three verdicts of this section.
+
+    `pairs[i]` holds point i's evaluation units; None where A is exactly 0 by construction (a recipe compared
+    with itself) or the point collapsed. Collapsed points are shown and not judged (App. D.6).
+    """
+    points, sigmas = list(points), _finite("sigmas", sigmas)
+    if sigmas < 0:
+        raise PqqpError(f"sigmas={sigmas!r}: a non-negative number is required")
+    if len(pairs) != len(points):
+        raise PqqpError(f"{len(pairs)} paired measurements for {len(points)} points: one per point is required")
+    judged = [i for i, pt in enumerate(points) if not pt.collapsed]
+    with_data = [i for i in judged if pairs[i] is not None]
+    boot = bootstrap_advantages([pairs[i] for i in with_data], resamples=resamples, seed=seed)
+    units = pairs[with_data[0]].units if with_data else 2
+    replicates = np.full((int(resamples), len(points)), math.nan)
+    replicates[:, judged] = 0.0
+    replicates[:, with_data] = boot
+    errors = inflated_stderr(replicates, units)
+    points = [replace(pt, stderr=float(errors[i])) if i in with_data else pt for i, pt in enumerate(points)]
+    included = sorted((points[i].x for i in judged))
+    compared = sum(a < b for k, a in enumerate(included) for b in included[k + 1:])
+    result = monotonicity(points, sigmas=break_sigmas(sigmas, compared, units, level),
+                          replicates=replicates * math.sqrt(units / (units - 1)))
+    tested = trend_test([points[i].x for i in judged], [points[i].advantage for i in judged], replicates[:, judged],
+                        units, level=level)
+    return Judged(tuple(points), result, tested, decide(result, tested), replicates)
+
+
+@dataclass(frozen=True)
+class FitRise:
+    """Fig. 3's exponential fit over a test's points and how much it rises over the measured x range, with the
+    rise's bootstrap interval (the fit redone on replicates)."""
+
+    fit: ExpFit
+    rise: float
+    low: float
+    high: float
+    fits: int
+
+
+def fit_rise(judged: Judged, *, replicates: int = 200, level: float = 0.05) -> FitRise | None:
+    """The exponential fit of A on x over the judged (not collapsed) points, with the [level, 1 - level] interval
+    of its rise A_fit(x_max) - A_fit(x_min) over up to `replicates` bootstrap rows. None without a fit."""
+    judged_at = [i for i, pt in enumerate(judged.points) if not pt.collapsed]
+    x = np.array([judged.points[i].x for i in judged_at])
+    a = np.array([judged.points[i].advantage for i in judged_at])
+    fit = exponential_fit(x, a) if x.size >= 3 else None
+    if fit is None:
+        return None
+    ends = [float(x.min()), float(x.max())]
+    rises = []
+    for row in judged.replicates[:replicates, judged_at]:
+        refit = exponential_fit(x, row)
+        if refit is not None:
+            low_end, high_end = refit.predict(ends)
+            rises.append(high_end - low_end)
+    low, high = (float(v) for v in np.quantile(rises, [level, 1 - level])) if rises else (math.nan, math.nan)
+    start, end = fit.predict(ends)
+    return FitRise(fit, float(end - start), low, high, len(rises))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import json
 import math
 import re
 import statistics
@@ -30,6 +31,7 @@ from typing import Any
 from tabulate import tabulate
 
 from . import __version__
+from .environment import environment
 from .errors import PqqpError
 from .hypothesis import CER, Point, oriented, quant_ratio
 from .measure import METRIC, Bench, Missing
@@ -37,8 +39,8 @@ from .ordering import OrderOutcome, summarize
 from .report import PipelineVerdict, Verdict, fmt, order_outcomes, pipeline_verdict, summary_text, trend, verdict
 from .methods.base import format_value
 from .spec import Recipe, parse_recipe
-from .store import Measurement
-from .suite import ORDERS, Case, HypothesisSpec, OrderSpec, PipelineSpec, Suite, compact
+from .store import Measurement, record
+from .suite import ORDERS, Case, HypothesisSpec, OrderSpec, PipelineSpec, PooledSpec, Suite, compact
 
 MISSING = "missing"
 PANEL_INCHES = (4.8, 3.6)
@@ -124,7 +126,7 @@ class ModelBoard:
     pruned: tuple[Single, ...]
     quantized: tuple[Single, ...]
     joints: tuple[Joint, ...]
-    verdicts: tuple[tuple[HypothesisSpec, Verdict | None], ...]
+    verdicts: tuple[tuple[HypothesisSpec | PooledSpec, Verdict | None], ...]
     speeds: tuple["Speed", ...] = ()
     pipelines: tuple[tuple[PipelineSpec, PipelineVerdict | None], ...] = ()
     orders: tuple[tuple[OrderSpec, OrderOutcome], ...] = ()
@@ -187,7 +189,7 @@ def collect(bench: Bench, model: str) -> ModelBoard:
               tuple((o, stored(bench, model, pt.recipe(o))) for o in ORDERS if o in s.orders),
               lookup(lambda spec: bench.point(spec)[0], pt) if set(ORDERS) <= set(s.orders) else None)
         for pt in s.points() if pt.model == model)
-    verdicts = tuple((h, lookup(verdict, bench, h)) for h in s.hypotheses() if h.model == model)
+    verdicts = tuple((h, lookup(verdict, bench, h)) for h in (*s.hypotheses(), *s.pooled_hypotheses()) if h.model == model)
     speeds = tuple(Speed(c.recipe, stored_speed(bench, model, c.recipe), stored(bench, model, c.recipe))
                    for c in (s.throughput.cases(model) if s.throughput else ()))
     pipelines = tuple((spec, lookup(pipeline_verdict, bench, spec)) for spec in s.pipeline_specs() if spec.model == model)
@@ -282,18 +284,24 @@ def fit_text(v: Verdict) -> str:
 def verdict_table(board: ModelBoard, sigmas: float) -> Table:
     rows = []
     for spec, v in board.verdicts:
+        p = f"{spec.p:g}" if isinstance(spec, HypothesisSpec) else "all"
         if v is None:
-            rows.append((compact(spec.pruner), compact(spec.quantizer), f"{spec.p:g}", MISSING, "", "", "", "", "", ""))
+            rows.append((compact(spec.pruner), compact(spec.quantizer), p, MISSING, "", "", "", "", "", "", ""))
             continue
-        r = v.result
-        rows.append((compact(spec.pruner), compact(spec.quantizer), f"{spec.p:g}", v.status, str(r.n_points),
-                     str(len(r.excluded)), str(len(r.violations)), fmt(r.spearman, 3), fmt(r.kendall, 3),
-                     fit_text(v)))
+        r, tr = v.result, v.judged.trend
+        rows.append((compact(spec.pruner), compact(spec.quantizer), p, v.status, str(r.n_points),
+                     str(len(r.excluded)), f"{fmt(tr.slope, 3)} ± {fmt(tr.slope_stderr, 2)}" if tr else "-",
+                     fmt(tr.slope_low, 3) if tr else "-",
+                     f"{fmt(tr.spearman, 3)} [{fmt(tr.spearman_low, 2)}, {fmt(tr.spearman_high, 2)}]" if tr else "-",
+                     fit_text(v), v.judged.decision.reason))
     return Table("Progressive Intensity Hypothesis (Hypothesis 1)",
-                 ("pruner", "quantizer", "p", "verdict", "points", "collapsed", "violations", "Spearman", "Kendall",
-                  "exponential fit"), tuple(rows),
-                 f"A(Q→P) must be non-decreasing in x = C*_P − C_Q; a violation is a drop beyond {sigmas:g} standard "
-                 f"errors of the difference. Rank correlations and the fit (Fig. 3) need 3 distinct x ('-' below that).")
+                 ("pruner", "quantizer", "p", "verdict", "points", "collapsed", "slope of A in x", "lower bound",
+                  "Spearman [interval]", "exponential fit", "reason"), tuple(rows),
+                 "A(Q→P) against x = C*_P − C_Q per p, and pooled over every p (p = all, the view of Figs. 3 and 4). "
+                 "Supported: the slope's one-sided 95% lower bound is above 0 and no pair drops beyond noise; violated: "
+                 f"a pair drops beyond max({sigmas:g}, Bonferroni t) standard errors of its difference, or the slope's "
+                 "97.5% upper bound is below 0; else inconclusive, with the smallest slope the data could detect "
+                 "(hypothesis.py). Errors: one bootstrap over the evaluation windows shared by every point.")
 
 
 def score(value: float) -> float:
@@ -379,13 +387,10 @@ def pipeline_tables(board: ModelBoard) -> list[Table]:
         rows = tuple((label, f"{x:g}", str(pt.first), number(first), str(pt.second), number(second),
                       f"{number(a, 4)} ± {number(se, 2)}", "collapsed" if c else "", alone)
                      for pt, (label, x, first, second, a, se, c, alone) in zip(f.points, v.rows))
-        res = v.result
         tables.append(Table(title, ("point", "x", "first", "ppl", "second", "ppl", "A(first→second)", "", "alone"), rows,
                             f"x = {f.x_label}; first puts the weaker stage earlier. A = M(first) − M(second) = "
-                            f"ppl(second) − ppl(first) ± paired-bootstrap stderr. Verdict: **{v.status}** (A "
-                            f"non-decreasing in x within {v.sigmas:g} stderr; Spearman {fmt(res.spearman, 3)}, "
-                            f"{len(res.violations)} violation(s), {len(res.excluded)} collapsed point(s) not judged)."
-                            + (f" {f.description}" if f.description else "")))
+                            f"ppl(second) − ppl(first) ± paired-bootstrap stderr. Verdict: **{v.status}**: "
+                            f"{v.judged.decision.reason}." + (f" {f.description}" if f.description else "")))
     return tables
 
 
@@ -511,8 +516,55 @@ def save(fig: Any, path: Path) -> None:
     fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
 
 
+def short_model(model: str) -> str:
+    """A model's name for a title: an HF hub id or embedded name as it is, a local folder or file by its name."""
+    path = Path(model)
+    return path.name if (path.is_absolute() or len(path.parts) > 2 or path.suffix == ".gguf") else model
+
+
+LOG_SPAN = 10.0
+"""An axis goes logarithmic where the values it must show (collapsed points left out) span more than this."""
+
+
+def axis_range(values: list[float], log: bool) -> tuple[float, float] | None:
+    """The range that shows `values` with a 6% margin (in log space on a log axis); None without values."""
+    import numpy as np
+
+    finite = [v for v in values if math.isfinite(v) and (v > 0 or not log)]
+    if not finite:
+        return None
+    low, high = min(finite), max(finite)
+    if log:
+        low, high = math.log10(low), math.log10(high)
+    pad = 0.06 * (high - low) or (0.06 * abs(high) if high else 0.1)
+    low, high = low - pad, high + pad
+    return (float(10 ** np.float64(low)), float(10 ** np.float64(high))) if log else (low, high)
+
+
+def scale_axis(ax: Any, axis: str, kept: list[float], collapsed: list[float]) -> tuple[float, float] | None:
+    """Set `axis` ("x" or "y") from the kept values only: logarithmic where they are positive and span more than
+    `LOG_SPAN`; collapsed values never widen it (they are drawn at its edge, `edge`). Returns the range."""
+    positive = [v for v in kept if math.isfinite(v)]
+    log = bool(positive) and min(positive) > 0 and max(positive) / min(positive) > LOG_SPAN
+    limits = axis_range(kept or collapsed, log)
+    if limits is None:
+        return None
+    if log:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(*limits)
+    return limits
+
+
+def edge(value: float, limits: tuple[float, float] | None) -> float:
+    """A value clipped into the axis range, so a collapsed point sits at the edge it lies beyond."""
+    if limits is None or math.isnan(value):
+        return value
+    return min(max(value, limits[0]), limits[1])
+
+
 def plot_advantage(board: ModelBoard, suite: Suite, path: Path) -> None:
-    """A(Q->P) against x = C*_P - C_Q, one colour and one exponential fit per p (Fig. 3; Fig. 4's grid)."""
+    """A(Q->P) against x = C*_P - C_Q, one colour and one exponential fit per p (Fig. 3; Fig. 4's grid), each point
+    labelled with its B; collapsed points (hollow) sit at the edge of the range the practical points set."""
     import numpy as np
     from matplotlib import style
 
@@ -520,24 +572,37 @@ def plot_advantage(board: ModelBoard, suite: Suite, path: Path) -> None:
         fig, grid = panels(suite)
         for pruner, quantizer, ax in grid:
             ax.axhline(0.0, color="0.5", linewidth=0.8)
+            pts = [(j.p, j.point) for j in board.joints if (j.pruner, j.quantizer) == (pruner, quantizer)
+                   and j.point is not None]
+            kept = [pt for _, pt in pts if not pt.collapsed]
+            gone = [pt for _, pt in pts if pt.collapsed]
+            xs = scale_axis(ax, "x", [pt.x for pt in kept], [pt.x for pt in gone])
+            ys = scale_axis(ax, "y", [v for pt in kept for v in (pt.advantage - pt.stderr, pt.advantage + pt.stderr)],
+                            [pt.advantage for pt in gone])
             for p in suite.ratios:
-                pts = [j.point for j in board.joints if (j.pruner, j.quantizer, j.p) == (pruner, quantizer, p)
-                       and j.point is not None]
-                kept = [pt for pt in pts if not pt.collapsed]
-                for group, face in ((kept, colour(suite, p)), ([pt for pt in pts if pt.collapsed], "none")):
-                    if group:
-                        ax.errorbar([pt.x for pt in group], [pt.advantage for pt in group],
-                                    yerr=[pt.stderr for pt in group], fmt="o", color=colour(suite, p),
-                                    markerfacecolor=face, capsize=2, label=f"p={p:g}" if face != "none" else None)
-                fit = trend(kept)
+                mine = [pt for q, pt in pts if q == p and not pt.collapsed]
+                if mine:
+                    ax.errorbar([pt.x for pt in mine], [pt.advantage for pt in mine], yerr=[pt.stderr for pt in mine],
+                                fmt="o", color=colour(suite, p), capsize=2, label=f"p={p:g}")
+                out = [pt for q, pt in pts if q == p and pt.collapsed]
+                if out:
+                    ax.plot([edge(pt.x, xs) for pt in out], [edge(pt.advantage, ys) for pt in out], "o",
+                            color=colour(suite, p), markerfacecolor="none", clip_on=False)
+                for pt in (*mine, *out):
+                    ax.annotate(f"B{pt.bits}", (edge(pt.x, xs), edge(pt.advantage, ys)), textcoords="offset points",
+                                xytext=(4, 4), fontsize=6, color=colour(suite, p), annotation_clip=False)
+                fit = trend(mine)
                 if fit is not None:
-                    xs = np.linspace(min(pt.x for pt in kept), max(pt.x for pt in kept), 100)
-                    ax.plot(xs, fit.predict(xs), color=colour(suite, p), linewidth=1.2)
+                    line = np.linspace(min(pt.x for pt in mine), max(pt.x for pt in mine), 100)
+                    ax.plot(line, fit.predict(line), color=colour(suite, p), linewidth=1.2)
+            if ys is not None:
+                ax.set_ylim(*ys)  # the fit's curve must not widen it either
             ax.set_xlabel("CER difference C*_P − C_Q")
             ax.set_ylabel("A(Q→P) = ΔM")
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
-        fig.suptitle(f"{board.model}: order advantage vs CER difference (hollow: collapsed)", fontsize=10)
+        fig.suptitle(f"{short_model(board.model)}: order advantage vs CER difference\n(labels: B; hollow, at the edge: "
+                     f"collapsed)", fontsize=9)
         save(fig, path)
 
 
@@ -561,12 +626,19 @@ def plot_ratio(board: ModelBoard, suite: Suite, path: Path) -> None:
                                 color=colour(suite, p), label=f"p={p:g} {ARROW[order]}")
             ax.set_xlabel("total compression ratio C_P·C_Q (achieved)")
             ax.set_ylabel("perplexity")
-            low, high = ax.get_ylim()
-            if low > 0 and high / low > 10:  # collapsed points: a log axis keeps the rest readable
-                ax.set_yscale("log")
+            ppl = [y for line in ax.get_lines() for y in line.get_ydata()]
+            limit = suite.max_ppl_ratio * dense if math.isfinite(dense) else math.inf
+            ys = scale_axis(ax, "y", [v for v in ppl if v <= limit], [v for v in ppl if not v <= limit])
+            for line in ax.get_lines():  # collapsed values sit at the top edge, hollow
+                data = line.get_ydata()
+                if ys is not None and any(not v <= limit for v in data):
+                    line.set_ydata([edge(v, ys) for v in data])
+                    ax.plot([x for x, v in zip(line.get_xdata(), data) if not v <= limit], [ys[1]] * sum(
+                        not v <= limit for v in data), "^", color=line.get_color(), markerfacecolor="none", clip_on=False)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
-        fig.suptitle(f"{board.model}: perplexity vs compression, both orders", fontsize=10)
+        fig.suptitle(f"{short_model(board.model)}: perplexity vs compression, both orders\n(triangles at the top: "
+                     f"collapsed, above {suite.max_ppl_ratio:g}x dense)", fontsize=9)
         save(fig, path)
 
 
@@ -591,7 +663,7 @@ def plot_pipelines(board: ModelBoard, suite: Suite, path: Path) -> None:
                                     if not collapsed else "o", color="C0", markerfacecolor=face, capsize=2)
             ax.set_xlabel(spec.family.x_label, fontsize=8)
             ax.set_ylabel("A(first→second) = ΔM")
-        fig.suptitle(f"{board.model}: general pipelines, weaker stage first vs swapped", fontsize=10)
+        fig.suptitle(f"{short_model(board.model)}: general pipelines, weaker stage first vs swapped", fontsize=10)
         save(fig, path)
 
 
@@ -614,7 +686,7 @@ def plot_orders(board: ModelBoard, suite: Suite, path: Path) -> None:
         ax.grid(True, axis="y", alpha=0.3)
         if board.orders:
             ax.legend(fontsize=7)
-        fig.suptitle(f"{board.model}: order search", fontsize=10)
+        fig.suptitle(f"{short_model(board.model)}: order search", fontsize=10)
         save(fig, path)
 
 
@@ -636,9 +708,18 @@ class Provenance:
     digest: str
 
 
+def suite_measurements(bench: Bench, boards: list[ModelBoard]) -> list[Measurement]:
+    """Every stored measurement the leaderboard was built from: each case of the suite's grid, pipelines and order
+    search in every seed that can change it, and the throughput rows; once each, in the suite's case order."""
+    found = {m.key.digest(): m for case in bench.suite.cases() for m in bench.stored_case(case)}
+    for board in boards:
+        found.update((m.key.digest(), m) for m in board.measurements() if m.key.digest() not in found)
+    return list(found.values())
+
+
 def provenance(command: str, bench: Bench, boards: list[ModelBoard]) -> Provenance:
-    """The command, and a digest of the stored rows shown (their keys' digests and values, sorted)."""
-    rows = sorted((m.key.digest(), repr(m.value)) for board in boards for m in board.measurements())
+    """The command, and a digest of the stored rows used (their keys' digests and values, sorted)."""
+    rows = sorted((m.key.digest(), repr(m.value)) for m in suite_measurements(bench, boards))
     expected = sum(len(bench.seeds_for(case.recipe)) for case in bench.suite.cases())
     speeds = bench.suite.throughput_cases()  # a tokens/s row each, and the metric of those not in the grid
     expected += len(speeds) + sum(len(bench.seeds_for(c.recipe)) for c in speeds if c.recipe.stages)
@@ -660,6 +741,14 @@ def markdown(boards: list[ModelBoard], suite: Suite, *, images: bool) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+DATA, ENVIRONMENT = "measurements.json", "environment.json"
+
+
+def rebuild_command(command: str) -> str:
+    """The build command with the store replaced by the rebuilt one."""
+    return re.sub(r"--store \S+", "--store rebuilt.sqlite", command)
+
+
 def index(boards: list[ModelBoard], source: Provenance) -> str:
     s = source.suite
     head = (f"# Leaderboard: suite `{s.name}`\n\n" + (f"{s.description}\n\n" if s.description else "") +
@@ -668,7 +757,12 @@ def index(boards: list[ModelBoard], source: Provenance) -> str:
             "Files: [leaderboard.md](leaderboard.md) (tables), [leaderboard.html](leaderboard.html) (tables and "
             "plots), "
             + ", ".join(f"[{image_name(kind, b)}]({image_name(kind, b)})" for b in boards for kind, _, _, _ in plots(s))
-            + ". Missing measurements are shown as `missing`; nothing is computed while building.\n\n## Tables\n\n")
+            + ". Missing measurements are shown as `missing`; nothing is computed while building.\n\n"
+            f"Data: [{DATA}]({DATA}) holds every measurement used (`pqqp export` form: keys, values, per-window NLLs), "
+            f"[{ENVIRONMENT}]({ENVIRONMENT}) the library versions, CPU (kernel capability) and GPU of the machine that "
+            f"built this leaderboard (the measurements' own timings and devices are in their details). Rebuild every "
+            f"table from them:\n\n```bash\npqqp import {DATA} --store rebuilt.sqlite\n"
+            f"{rebuild_command(source.command)}\n```\n\n## Tables\n\n")
     return head + markdown(boards, s, images=True)
 
 
@@ -706,6 +800,8 @@ def build(bench: Bench, out: Path, command: str) -> list[Path]:
     texts = {"leaderboard.md": markdown(boards, bench.suite, images=False), "leaderboard.html": html_page(boards, source),
              "README.md": index(boards, source)}
     written = []
+    texts[DATA] = json.dumps([record(m) for m in suite_measurements(bench, boards)], indent=1) + "\n"
+    texts[ENVIRONMENT] = json.dumps(environment(), indent=1) + "\n"
     for name, text in texts.items():
         (out / name).write_text(text, encoding="utf-8")
         written.append(out / name)

@@ -15,13 +15,15 @@ import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import __version__
 from .compress import schedule_matters
 from .errors import PqqpError
-from .hypothesis import (CER, Estimate, Point, cer, combine_seeds, is_collapsed_metric, oriented,
-                         paired_bootstrap_advantage, paired_bootstrap_samples, quant_ratio)
+from .hypothesis import (CER, Estimate, Judged, Paired, Point, cer, combine_seeds, is_collapsed_metric, judge, oriented,
+                         paired_bootstrap_advantage, paired_bootstrap_samples, perplexity_pair, quant_ratio,
+                         sample_pair)
 from .prefixes import wanted_prefixes
 from .store import Measurement, MeasurementKey, Store
 from .ordering import OrderOutcome, outcome, recommend
@@ -366,7 +368,7 @@ class Bench:
             collapsed = is_collapsed_metric(self.suite.metric, first + second, dense, self.suite.max_ppl_ratio)
             point = Point(0.0, 0, 0.0, CER(pt.x), estimate.value, estimate.stderr, collapsed)
             alone = [(str(r), self.mean_value(spec.model, r)) for r in pt.alone]
-            points.append((point, {"first": first, "second": second, "dense": dense, "label": pt.label,
+            points.append((point, {"first": first, "second": second, "dense": dense, "label": pt.label, "pair": pt,
                                    "estimate": estimate, "alone": alone}))
         return points
 
@@ -386,6 +388,34 @@ class Bench:
 
     def hypothesis_points(self, spec: HypothesisSpec) -> list[tuple[Point, dict]]:
         return [self.point(p) for p in spec.points()]
+
+    def paired(self, model: str, first: Recipe, second: Recipe) -> Paired | None:
+        """The two recipes' evaluation units (windows or documents) per seed, for a joint bootstrap; None where
+        they are one recipe (A = 0 exactly) or a value is not finite (collapsed)."""
+        if first == second:
+            return None
+        seeds = self.seeds_for(first, second)
+        a = [self.measure(model, first, seed) for seed in seeds]
+        b = [self.measure(model, second, seed) for seed in seeds]
+        if not all(math.isfinite(m.value) for m in (*a, *b)):
+            return None
+        if self.suite.metric == METRIC:
+            return perplexity_pair([m.details["window_nll"] for m in a], [m.details["window_nll"] for m in b],
+                                   a[0].details["seqlen"] - 1)
+        return sample_pair(self.suite.metric, [m.details["samples"] for m in a], [m.details["samples"] for m in b])
+
+    def judge(self, points: Sequence[Point], pairs: Sequence[Paired | None]) -> Judged:
+        """The three verdicts of `hypothesis.judge` under the suite's noise settings."""
+        s = self.suite
+        return judge(points, pairs, sigmas=s.noise_sigmas, resamples=s.bootstrap, level=s.level)
+
+    def judged(self, specs: Sequence[PointSpec]) -> tuple[Judged, list[dict]]:
+        """Hypothesis 1 over these points (one p, or pooled over p): the joint-bootstrap verdict, and each point's
+        details (`point`)."""
+        found = [self.point(spec) for spec in specs]
+        pairs = [None if pt.collapsed else self.paired(spec.model, spec.recipe("Q>P"), spec.recipe("P>Q"))
+                 for spec, (pt, _) in zip(specs, found)]
+        return self.judge([pt for pt, _ in found], pairs), [d for _, d in found]
 
     def removed_blocks(self, model: str, recipe: Recipe, seed: int) -> list | None:
         """The blocks a structured pruner removed in this measurement (None where it removes none)."""

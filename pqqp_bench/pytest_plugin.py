@@ -7,6 +7,8 @@ parametrized over the grid with readable ids:
 * `pqqp_case`: one measurement (dense, a method alone, a joint recipe in one order), e.g.
   `smollm2-135m-sparsegpt:p=0.2-rtn:w=4,a=4,kv=4-Q>P`;
 * `pqqp_hypothesis`: Hypothesis 1 for one (model, pruner, quantizer, p), e.g. `smollm2-135m-wanda:p=0.3-rtn`;
+* `pqqp_pooled`: the pooled view of Figs. 3 and 4, Hypothesis 1 for one (model, pruner, quantizer) over every
+  (p, B) of the grid (suites with several p), e.g. `smollm2-135m-sparsegpt-quarot>rtn-pooled`;
 * `pqqp_interference`: Table 1 for one pruner (suites with `interference: true`);
 * `pqqp_throughput`: the generation tokens/s of one recipe (suites with a `throughput` section), e.g.
   `smollm2-135m-sleb:p=0.2`; dense first, since every speed-up divides by it.
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 
 SUITE = pytest.StashKey["Suite"]()
 GATE_REPORT = pytest.StashKey[str]()
+GATE_FAILED = pytest.StashKey[bool]()
 RAY_SUMMARY = pytest.StashKey[str]()
 SLOW_METHODS = ("sparsegpt", "gptq", "sleb", "share", "lora", "mpq")
 
@@ -72,6 +75,7 @@ GRID_OPTIONS = {
     "max_ppl_ratio": "practical regime: points with a ppl above this multiple of dense are reported, not tested",
     "noise_sigmas": "a monotonicity violation must exceed this many standard errors of the A difference",
     "bootstrap": "paired-bootstrap resamples for the noise of A",
+    "level": "one-sided level of the hypothesis tests' verdicts (supported / violated / inconclusive), e.g. 0.05",
     "throughput_recipes": "throughput: recipes whose tokens/s is measured, e.g. 'sleb:p=0.2;rtn:w=8,a=8' (';'-separated)",
     "throughput_backend": "throughput: vllm, transformers, or auto (vLLM where found)",
     "order_sets": "order search: method sets, '|' between sets, ';' or ', ' between methods, e.g. "
@@ -210,7 +214,7 @@ def marks_for(recipe) -> list:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = metafunc.fixturenames
-    if not any(n in names for n in ("pqqp_case", "pqqp_hypothesis", "pqqp_interference", "pqqp_throughput",
+    if not any(n in names for n in ("pqqp_case", "pqqp_hypothesis", "pqqp_pooled", "pqqp_interference", "pqqp_throughput",
                                     "pqqp_pipeline", "pqqp_order", "pqqp_order_rule")):
         return
     suite = suite_of(metafunc.config)
@@ -226,7 +230,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             pytest.param(c, id=c.id, marks=[*marks_for(c.recipe), pytest.mark.pqqp_case, pytest.mark.xdist_group(g)])
             for c, g in zip(cases, groups)])
     rules = suite.models if suite.order_search else ()
-    for name, specs in (("pqqp_hypothesis", suite.hypotheses()), ("pqqp_interference", suite.interference_specs()),
+    for name, specs in (("pqqp_hypothesis", suite.hypotheses()), ("pqqp_pooled", suite.pooled_hypotheses()),
+                        ("pqqp_interference", suite.interference_specs()),
                         ("pqqp_pipeline", suite.pipeline_specs()), ("pqqp_order", suite.order_specs()),
                         ("pqqp_order_rule", rules)):
         if name in names:
@@ -326,8 +331,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not config.getoption("pqqp_gate") or getattr(config, "workerinput", None) is not None:
         return
     code, config.stash[GATE_REPORT] = gate(config)
+    config.stash[GATE_FAILED] = bool(code)
     if code == pytest.ExitCode.USAGE_ERROR or (code and session.exitstatus == pytest.ExitCode.OK):
         session.exitstatus = code
+
+
+class GateFailure:
+    """The gate's entry in pytest's outcome counts (a report-like object pytest counts in its last line)."""
+
+    count_towards_summary = True
+    when = "session"
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -339,6 +352,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if GATE_REPORT in config.stash:
         terminalreporter.write_sep("=", "pqqp-bench: regression gate")
         terminalreporter.write_line(config.stash[GATE_REPORT])
+        if config.stash.get(GATE_FAILED, False):  # so pytest's last line says it too: "1 gate failed, 29 passed"
+            terminalreporter.stats.setdefault("gate failed", []).append(GateFailure())
 
 
 def summary(terminalreporter, config: pytest.Config) -> None:

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from tabulate import tabulate
 
 from .compress import bits_label
-from .hypothesis import ExpFit, Monotonicity, Point, exponential_fit, higher_is_better, interference_table, monotonicity
+from .hypothesis import (INCONCLUSIVE, SUPPORTED, VIOLATED, ExpFit, Judged, Monotonicity, Point, break_sigmas,
+                         exponential_fit, fit_rise, higher_is_better, interference_table, structured_zero_interference)
 from .measure import Bench, Missing
 from .ordering import OrderOutcome, OrderSummary, cost_ratio, summarize
-from .suite import HypothesisSpec, InterferenceSpec, OrderSpec, PipelineSpec
+from .suite import HypothesisSpec, InterferenceSpec, OrderSpec, PipelineSpec, PooledSpec
 
 
 def trend(points: Sequence[Point]) -> ExpFit | None:
@@ -55,61 +56,76 @@ def case_table(bench: Bench) -> str:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Hypothesis 1 for one (model, pruner, quantizer, p), with the points it was judged on."""
+    """Hypothesis 1 for one (model, pruner, quantizer, p), or pooled over every p: its points and verdict."""
 
-    spec: HypothesisSpec
-    result: Monotonicity
-    sigmas: float
+    spec: HypothesisSpec | PooledSpec
+    judged: Judged
 
     @property
     def status(self) -> str:
-        if self.result.n_points < 2:
-            return "too few points"
-        return "holds" if self.result.holds else "VIOLATED"
+        return self.judged.verdict
+
+    @property
+    def result(self) -> Monotonicity:
+        return self.judged.result
 
     def evidence(self) -> str:
-        """The table of points (C_Q, C*_P, x, A ± stderr) and the pairs that break monotonicity."""
-        rows = [(r["bits"], fmt(r["C_Q"], 3), ("" if r["C*_P bound"] == "exact" else
-                                               {"below": "<=", "above": ">="}[r["C*_P bound"]]) + fmt(r["C*_P"], 4),
-                 fmt(r["x"], 4), fmt(r["A"], 4), fmt(r["stderr"], 2), "collapsed" if r["collapsed"] else "")
-                for r in self.result.table()]
-        text = tabulate(rows, headers=["B", "C_Q", "C*_P", "x = C*_P - C_Q", "A(Q->P)", "stderr", ""])
-        res = self.result
-        text += f"\nSpearman {fmt(res.spearman, 3)}, Kendall {fmt(res.kendall, 3)} over {res.n_points} points " \
-                f"(collapsed points, ppl > max_ppl_ratio x dense, excluded: {len(res.excluded)})"
-        text += violation_lines(res, self.sigmas)
-        fit = trend(res.points)
-        if fit is not None:
-            text += f"\nexponential fit A = {fmt(fit.a)}·exp({fmt(fit.b)}·x) + {fmt(fit.c)}, R² {fmt(fit.r2, 3)}"
-        return text
+        """The points (p, B, C_Q, C*_P, x, A ± stderr, collapsed), the trend with its bounds, the exponential fit
+        and the verdict with its reason."""
+        rows = [(fmt(pt.p, 3), pt.bits, fmt(pt.c_q, 3), str(pt.cer_p), fmt(pt.x, 4), fmt(pt.advantage, 4),
+                 fmt(pt.stderr, 2), "collapsed" if pt.collapsed else "")
+                for pt in sorted(self.judged.points, key=lambda pt: (pt.collapsed, pt.x, pt.p, pt.bits))]
+        text = tabulate(rows, headers=["p", "B", "C_Q", "C*_P", "x = C*_P - C_Q", "A(Q->P)", "stderr", ""])
+        return text + "\n" + judged_lines(self.judged)
 
 
-def violation_lines(result: Monotonicity, sigmas: float) -> str:
-    """One line per pair of points that breaks monotonicity, with its drop and the noise tolerance."""
-    return "".join(f"\nviolation: x {fmt(v.x_low)} -> {fmt(v.x_high)}: A drops {fmt(v.a_low)} -> {fmt(v.a_high)} "
-                   f"(by {fmt(v.drop)}, noise tolerance {sigmas:g} sigma = {fmt(v.tolerance)})" for v in result.violations)
+def judged_lines(judged: Judged) -> str:
+    """The trend, the fit and the verdict of a judged test, as the summary and the leaderboard print them."""
+    res, tr = judged.result, judged.trend
+    lines = [f"{res.n_points} points judged, {len(res.excluded)} collapsed (ppl above max_ppl_ratio x dense, shown "
+             f"and not judged)"]
+    if tr is not None:
+        lines.append(f"slope of A in x {fmt(tr.slope, 4)} ± {fmt(tr.slope_stderr, 2)} (lower bound {fmt(tr.slope_low, 3)}, "
+                     f"upper bound {fmt(tr.slope_high, 3)}; {tr.units} windows); Spearman {fmt(tr.spearman, 3)} "
+                     f"[{fmt(tr.spearman_low, 3)}, {fmt(tr.spearman_high, 3)}]")
+    rise = fit_rise(judged)
+    if rise is not None:
+        f = rise.fit
+        lines.append(f"exponential fit A = {fmt(f.a)}·exp({fmt(f.b)}·x) + {fmt(f.c)}, R² {fmt(f.r2, 3)}; rise over "
+                     f"the measured x {fmt(rise.rise, 4)} [{fmt(rise.low, 3)}, {fmt(rise.high, 3)}]")
+    lines += [f"pair {fmt(v.x_low)} -> {fmt(v.x_high)}: A drops {fmt(v.a_low)} -> {fmt(v.a_high)} by {fmt(v.drop)} "
+              f"(tolerance {res.sigmas:.3g} sigma = {fmt(v.tolerance)})" for v in res.violations]
+    lines.append(f"verdict: {judged.verdict.upper()}: {judged.decision.reason}")
+    return "\n".join(lines)
 
 
-def verdict(bench: Bench, spec: HypothesisSpec) -> Verdict:
-    points: list[Point] = [pt for pt, _ in bench.hypothesis_points(spec)]
-    return Verdict(spec, monotonicity(points, sigmas=bench.suite.noise_sigmas), bench.suite.noise_sigmas)
+def verdict(bench: Bench, spec: HypothesisSpec | PooledSpec) -> Verdict:
+    judged, _ = bench.judged(spec.points())
+    return Verdict(spec, judged)
+
+
+def verdicts(bench: Bench) -> list[Verdict]:
+    """Every per-p and pooled Hypothesis 1 test of the suite whose measurements are stored."""
+    found = []
+    for spec in (*bench.suite.hypotheses(), *bench.suite.pooled_hypotheses()):
+        try:
+            found.append(verdict(bench, spec))
+        except Missing:
+            continue
+    return found
 
 
 def verdict_table(bench: Bench) -> str:
-    rows = []
-    for spec in bench.suite.hypotheses():
-        try:
-            v = verdict(bench, spec)
-        except Missing:
-            continue
-        r = v.result
-        rows.append((spec.id, v.status, r.n_points, len(r.excluded), len(r.violations), fmt(r.spearman, 3),
-                     fmt(r.kendall, 3)))
-    if not rows:
+    """One line per Hypothesis 1 test, then each test's evidence (its points, trend, fit, verdict and reason)."""
+    found = verdicts(bench)
+    if not found:
         return ""
-    return ("Progressive Intensity Hypothesis: A(Q->P) non-decreasing in C*_P - C_Q (per model, pruner, quantizer, p)\n"
-            + tabulate(rows, headers=["model-pruner-quantizer", "verdict", "points", "collapsed", "violations",
-                                      "Spearman", "Kendall"]))
+    rows = [(v.spec.id, v.status, v.result.n_points, len(v.result.excluded), fmt(tr.slope, 3) if (tr := v.judged.trend) else "-",
+             fmt(tr.slope_low, 3) if tr else "-", fmt(tr.spearman, 3) if tr else "-") for v in found]
+    head = ("Progressive Intensity Hypothesis: A(Q->P) non-decreasing in x = C*_P - C_Q (per model, pruner, quantizer, "
+            "p; pooled over p)\n" + tabulate(rows, headers=["test", "verdict", "points", "collapsed", "slope",
+                                                            "lower bound", "Spearman"]))
+    return head + "".join(f"\n\n{v.spec.id}\n{v.evidence()}" for v in found)
 
 
 def interference_rows(bench: Bench, spec: InterferenceSpec) -> list[tuple]:
@@ -124,18 +140,62 @@ def interference_rows(bench: Bench, spec: InterferenceSpec) -> list[tuple]:
     return rows
 
 
+@dataclass(frozen=True)
+class InterferenceVerdict:
+    """Finding 4 for one pruner (Table 1): its rows and one of the three verdicts, with the reason."""
+
+    spec: InterferenceSpec
+    rows: tuple[tuple, ...]  # (C_Q, bits, pruner, A, same structure, stderr)
+    status: str
+    reason: str
+
+    def evidence(self) -> str:
+        table = "\n".join(f"C_Q {c_q:.2f} (B={bits}): A(Q->P) = {a:+.6g} ± {se:.2g}, same blocks removed: {same}"
+                          for c_q, bits, _, a, same, se in self.rows)
+        return f"{table}\nverdict: {self.status.upper()}: {self.reason}"
+
+
+def interference_verdict(bench: Bench, spec: InterferenceSpec) -> InterferenceVerdict:
+    """A structured pruner: supported where A = 0 exactly at every width at which both orders removed the same
+    blocks, violated where such a width has A != 0, inconclusive where none has. An unstructured pruner: supported
+    where some width interferes, |A| beyond max(noise_sigmas, the Bonferroni t over the widths) stderr, else
+    inconclusive (the absence of interference is never claimed)."""
+    rows = tuple(interference_rows(bench, spec))
+    if any(same is not None for *_, same, _se in rows):
+        unchanged = [r for r in rows if r[4] is True]
+        nonzero = structured_zero_interference(row[:5] for row in rows)
+        if nonzero:
+            widths = ", ".join(f"B={r[1]} (A = {r[3]:+.4g})" for r in nonzero)
+            return InterferenceVerdict(spec, rows, VIOLATED, f"A != 0 although both orders removed the same blocks: {widths}")
+        if not unchanged:
+            return InterferenceVerdict(spec, rows, INCONCLUSIVE, "the two orders removed different blocks at every width")
+        return InterferenceVerdict(spec, rows, SUPPORTED, f"A = 0 exactly at all {len(unchanged)} widths where both "
+                                                          f"orders removed the same blocks")
+    s = bench.suite
+    units = bench.paired(spec.model, spec.points()[0].recipe("Q>P"), spec.points()[0].recipe("P>Q"))
+    sigmas = break_sigmas(s.noise_sigmas, len(rows), max(units.units if units else 2, 2), s.level)
+    beyond = [r for r in rows if abs(r[3]) > sigmas * r[5]]
+    if beyond:
+        widths = ", ".join(f"B={r[1]} (A = {r[3]:+.4g} ± {r[5]:.2g})" for r in beyond)
+        return InterferenceVerdict(spec, rows, SUPPORTED, f"interference beyond {sigmas:.3g} stderr at {widths}")
+    return InterferenceVerdict(spec, rows, INCONCLUSIVE, f"no width shows |A| beyond {sigmas:.3g} stderr (Bonferroni "
+                                                         f"over {len(rows)} widths)")
+
+
 def interference_report(bench: Bench) -> str:
-    """Table 1 per (model, quantizer, p): one A(Q->P) column per pruner, one row per C_Q."""
+    """Table 1 per (model, quantizer, p): one A(Q->P) column per pruner, one row per C_Q; then each verdict."""
     groups: dict[tuple, list] = {}
+    verdicts = []
     for spec in bench.suite.interference_specs():
         try:
-            groups.setdefault((spec.model, spec.quantizer, spec.p), []).extend(
-                row[:5] for row in interference_rows(bench, spec))
+            v = interference_verdict(bench, spec)
         except Missing:
             continue
+        groups.setdefault((spec.model, spec.quantizer, spec.p), []).extend(row[:5] for row in v.rows)
+        verdicts.append(f"{spec.id}: {v.status.upper()}: {v.reason}")
     parts = [f"Interference (Table 1): A(Q->P) by C_Q, {model}, {quantizer}, p={p:g}\n"
              + tabulate(interference_table(cells), headers="keys") for (model, quantizer, p), cells in groups.items()]
-    return "\n\n".join(parts)
+    return "\n\n".join(parts + (["\n".join(verdicts)] if verdicts else []))
 
 
 # ------------------------------------------------------------------------- general pipelines (§5.4)
@@ -143,18 +203,19 @@ def interference_report(bench: Bench) -> str:
 
 @dataclass(frozen=True)
 class PipelineVerdict:
-    """The paper's direction for one family: A(first -> second) non-decreasing in x, within noise."""
+    """The paper's direction for one family: A(first -> second) non-decreasing in x, with the three verdicts."""
 
     spec: PipelineSpec
-    result: Monotonicity
+    judged: Judged
     rows: tuple[tuple, ...]  # (label, x, metric first, metric second, A, stderr, collapsed, alone text)
-    sigmas: float
 
     @property
     def status(self) -> str:
-        if self.result.n_points < 2:
-            return "too few points"
-        return "holds" if self.result.holds else "VIOLATED"
+        return self.judged.verdict
+
+    @property
+    def result(self) -> Monotonicity:
+        return self.judged.result
 
     def evidence(self) -> str:
         metric = self.spec.suite.metric
@@ -164,12 +225,7 @@ class PipelineVerdict:
         table = tabulate([(label, fmt(x, 4), fmt(a_first, 5), fmt(a_second, 5), fmt(a, 4), fmt(se, 2),
                            "collapsed" if c else "", alone) for label, x, a_first, a_second, a, se, c, alone in self.rows],
                          headers=["point", "x", f"{metric} first", f"{metric} second", "A", "stderr", "", "alone"])
-        res = self.result
-        text = f"{head}\n{table}\nSpearman {fmt(res.spearman, 3)}, Kendall {fmt(res.kendall, 3)} over {res.n_points} " \
-               f"points (collapsed, excluded: {len(res.excluded)}); A > 0 at {sum(r[4] > 0 for r in self.rows)} of " \
-               f"{sum(r[1] != 0 for r in self.rows)} points with x != 0"
-        text += violation_lines(res, self.sigmas)
-        return text
+        return f"{head}\n{table}\n{judged_lines(self.judged)}"
 
 
 def mean(values: Sequence[float]) -> float:
@@ -178,11 +234,12 @@ def mean(values: Sequence[float]) -> float:
 
 def pipeline_verdict(bench: Bench, spec: PipelineSpec) -> PipelineVerdict:
     points = bench.pipeline_points(spec)
+    pairs = [None if pt.collapsed else bench.paired(spec.model, d["pair"].first, d["pair"].second) for pt, d in points]
+    judged = bench.judge([pt for pt, _ in points], pairs)
     rows = tuple((d["label"], pt.x, mean(d["first"]), mean(d["second"]), pt.advantage, pt.stderr, pt.collapsed,
                   "; ".join(f"{r} {fmt(v, 5)}" for r, v in d["alone"]))
-                 for pt, d in points)
-    sigmas = bench.suite.noise_sigmas
-    return PipelineVerdict(spec, monotonicity([pt for pt, _ in points], sigmas=sigmas), rows, sigmas)
+                 for pt, (_, d) in zip(judged.points, points))
+    return PipelineVerdict(spec, judged, rows)
 
 
 def pipeline_report(bench: Bench) -> str:

@@ -222,9 +222,23 @@ def _row_to_measurement(row: sqlite3.Row) -> Measurement:
     return Measurement(key=key, value=value, details=json.loads(row["details"]), created=row["created"])
 
 
-def _record(m: Measurement) -> dict[str, Any]:
+def record(m: Measurement) -> dict[str, Any]:
     """The flat export form of a measurement: key fields, digest, value, details, created."""
     return {**m.key.as_dict(), "digest": m.key.digest(), "value": m.value, "details": m.details, "created": m.created}
+
+
+def _from_record(path: str | os.PathLike, index: int, record: Any) -> Measurement:
+    """A measurement from its export form, refused in one line unless its digest is its key's."""
+    where = f"measurements file {str(path)!r}, record {index}"
+    if not isinstance(record, dict) or any(name not in record for name in (*KEY_FIELDS, "digest", "value", "details")):
+        raise PqqpError(f"{where}: accepted an object with the fields {', '.join((*KEY_FIELDS, 'digest', 'value', 'details'))}")
+    key = MeasurementKey(**{name: record[name] for name in KEY_FIELDS})
+    if key.digest() != record["digest"]:
+        raise PqqpError(f"{where}: digest {record['digest']!r} is not that of its key fields ({key.digest()!r}): "
+                        f"accepted records as `pqqp export --json` wrote them")
+    if not isinstance(record["value"], (int, float)) or not isinstance(record["details"], dict):
+        raise PqqpError(f"{where}: value {record['value']!r} and details must be a number and an object")
+    return Measurement(key, float(record["value"]), record["details"], str(record.get("created") or ""))
 
 
 class Store:
@@ -280,9 +294,25 @@ class Store:
 
     def export_json(self, path: str | os.PathLike) -> int:
         """Write all measurements as a JSON list of flat records; returns how many."""
-        records = [_record(m) for m in self.query()]
+        records = [record(m) for m in self.query()]
         Path(path).write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
         return len(records)
+
+    def import_json(self, path: str | os.PathLike) -> tuple[int, int]:
+        """Add the measurements of a `export_json` file (a published leaderboard's data) to this store, so a later
+        run resumes from them and reports and the gate read them; a measurement already stored is kept as it is.
+        Every record's digest must be that of its key fields. Returns (added, already stored)."""
+        try:
+            records = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PqqpError(f"measurements file {str(path)!r} cannot be read ({exc}): accepted a JSON file written by "
+                            f"`pqqp export --json`") from None
+        if not isinstance(records, list):
+            raise PqqpError(f"measurements file {str(path)!r} holds a {type(records).__name__}: accepted the JSON list "
+                            f"`pqqp export --json` writes")
+        measurements = [_from_record(path, i, r) for i, r in enumerate(records)]  # all checked before any is added
+        added = sum(self.put(m) for m in measurements)
+        return added, len(measurements) - added
 
     def export_csv(self, path: str | os.PathLike) -> int:
         """Write one CSV row per measurement (details as a JSON string column); returns how many."""
@@ -291,7 +321,7 @@ class Store:
             writer = csv.DictWriter(f, fieldnames=[*KEY_FIELDS, "digest", "value", "created", "details"])
             writer.writeheader()
             for m in measurements:
-                writer.writerow({**_record(m), "details": json.dumps(m.details)})
+                writer.writerow({**record(m), "details": json.dumps(m.details)})
         return len(measurements)
 
     @contextmanager

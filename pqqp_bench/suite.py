@@ -14,6 +14,7 @@ Every YAML key can be overridden by a `--pqqp-*` option or a `pqqp run` flag of 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,8 @@ class GateRule:
     min_recovery: float | None = None
 
     def __post_init__(self) -> None:
-        if self.rel_tol is not None and not self.rel_tol >= 0:
-            raise PqqpError(f"gate rel_tol={self.rel_tol!r} is not accepted: a fraction >= 0 (0.02 is 2%) or null")
+        if self.rel_tol is not None and not (isinstance(self.rel_tol, (int, float)) and 0 <= self.rel_tol < math.inf):
+            raise PqqpError(f"gate rel_tol={self.rel_tol!r} is not accepted: a finite fraction >= 0 (0.02 is 2%) or null")
         if self.min_recovery is not None and not 0 < self.min_recovery <= 1:
             raise PqqpError(f"gate min_recovery={self.min_recovery!r} is not accepted: a fraction in (0, 1] or null")
 
@@ -161,6 +162,7 @@ class Suite:
     max_ppl_ratio: float = 3.0
     noise_sigmas: float = 2.0
     bootstrap: int = 2000
+    level: float = 0.05  # one-sided test level of the hypothesis verdicts (hypothesis.judge)
     interference: bool = False
     gate: tuple[tuple[str, GateRule], ...] = ()  # (metric, rule); a metric not named gets GateRule()
     throughput: ThroughputSpec | None = None  # generation speed of some recipes (evaluate/throughput.py)
@@ -210,6 +212,12 @@ class Suite:
     def hypotheses(self) -> list["HypothesisSpec"]:
         return [HypothesisSpec(self, m, pr, q, p) for m in self.models for pr in self.pruners
                 for q in self.quantizers for p in self.ratios]
+
+    def pooled_hypotheses(self) -> list["PooledSpec"]:
+        """The pooled view over every p, where the grid has more than one p (else it is the per-p test)."""
+        if len(self.ratios) < 2:
+            return []
+        return [PooledSpec(self, m, pr, q) for m in self.models for pr in self.pruners for q in self.quantizers]
 
     def interference_specs(self) -> list["InterferenceSpec"]:
         if not self.interference:
@@ -319,6 +327,25 @@ class HypothesisSpec:
 
     def points(self) -> list[PointSpec]:
         return [PointSpec(self.suite, self.model, self.pruner, self.quantizer, self.p, b) for b in self.suite.bits]
+
+
+@dataclass(frozen=True)
+class PooledSpec:
+    """The paper's pooled view (Figs. 3, 4): Hypothesis 1 for one (model, pruner, quantizer) over every (p, B)
+    point of the grid, A(Q->P) against x = C*_P - C_Q."""
+
+    suite: Suite
+    model: str
+    pruner: str
+    quantizer: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-{compact(self.pruner)}-{compact(self.quantizer)}-pooled"
+
+    def points(self) -> list[PointSpec]:
+        return [PointSpec(self.suite, self.model, self.pruner, self.quantizer, p, b)
+                for p in self.suite.ratios for b in self.suite.bits]
 
 
 @dataclass(frozen=True)
@@ -507,7 +534,9 @@ def check_grid(suite: Suite) -> None:
             raise PqqpError(f"bit width {b} is not accepted: accepted integers 2..16")
     if suite.max_ppl_ratio <= 1.0:
         raise PqqpError(f"max_ppl_ratio={suite.max_ppl_ratio} is not accepted: a ratio to the dense perplexity > 1")
-    if suite.noise_sigmas < 0 or suite.bootstrap < 2:
+    if not (isinstance(suite.level, (int, float)) and 0 < suite.level < 0.5):
+        raise PqqpError(f"level={suite.level!r} is not accepted: a one-sided test level 0 < level < 0.5, e.g. 0.05")
+    if not (isinstance(suite.noise_sigmas, (int, float)) and 0 <= suite.noise_sigmas < math.inf) or suite.bootstrap < 2:
         raise PqqpError(f"noise_sigmas={suite.noise_sigmas}, bootstrap={suite.bootstrap}: accepted sigmas >= 0 and "
                         f"at least 2 bootstrap resamples")
     for template in suite.pruners:

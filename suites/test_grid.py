@@ -4,18 +4,22 @@
 * `test_case`: every measurement asserts what must hold whatever the data: a finite metric, and the
   requested compression achieved (sparsity up to the rounding of p·in_features per row, or of p·n_blocks for
   block removal, once per pruning stage of the recipe; the requested bit widths).
-* `test_progressive_intensity`: Hypothesis 1 for one (model, pruner, quantizer, p): A(Q->P) is
-  non-decreasing in the CER difference C*_P - C_Q, up to `noise_sigmas` standard errors of the paired
-  bootstrap (over evaluation windows, and over seeds where the suite has several). Points outside the
-  practical regime (a ppl above `max_ppl_ratio` x dense, paper App. D.6) are shown and not judged. A failure
-  prints the points and the pairs that break monotonicity.
+* `test_progressive_intensity`: Hypothesis 1 for one (model, pruner, quantizer, p): A(Q->P) against the CER
+  difference x = C*_P - C_Q, judged by `hypothesis.judge` (one bootstrap over the evaluation windows shared by
+  all points, and over seeds where the suite has several) with three outcomes: supported (the slope of A in x
+  is above 0 beyond noise) passes, violated (a pair drops beyond noise, or the slope is below 0 beyond noise)
+  fails, inconclusive skips, with its evidence and the smallest slope the data could have detected. Points
+  outside the practical regime (a ppl above `max_ppl_ratio` x dense, paper App. D.6) are shown and not judged.
+* `test_progressive_intensity_pooled` (suites with several p): the same over every (p, B) point of one
+  (model, pruner, quantizer), the paper's pooled view of Figs. 3 and 4, with the exponential fit.
 * `test_interference` (suites with `interference: true`, Table 1): a structured pruner (SLEB) gives exactly
-  A = 0 wherever both orders remove the same blocks; an unstructured one shows interference (|A| beyond noise
-  at some bit width).
+  A = 0 wherever both orders remove the same blocks (supported; a non-zero A there fails; no such width:
+  inconclusive); an unstructured one is supported where some bit width interferes, |A| beyond noise
+  (Bonferroni over the widths), else inconclusive.
 * `test_pipeline` (suites with a `pipelines` section, paper §5.4, Figs. 7-10): for one family of general
-  pipelines, A(first -> second) = M(first) - M(second) is non-decreasing in the family's intensity gap x within
-  noise, where `first` puts the weaker stage earlier (a point at x = 0 comparing a recipe with itself anchors
-  A = 0, so the check also asks A >= 0 beyond noise).
+  pipelines, A(first -> second) = M(first) - M(second) against the family's intensity gap x, where `first`
+  puts the weaker stage earlier (a point at x = 0 comparing a recipe with itself anchors A = 0), with the same
+  three outcomes.
 * `test_order_search` (suites with an `order_search` section, App. D.7): every order of one method set is
   measured; prints the rule's recommendation (increasing CER from the single runs), its rank and its regret.
   `test_order_rule`: over all sets of a model, the rule's mean regret is at most a random order's (the exact
@@ -33,9 +37,10 @@ import math
 import pytest
 
 from pqqp_bench.errors import PqqpError
-from pqqp_bench.hypothesis import monotonicity, structured_zero_interference
+from pqqp_bench.hypothesis import INCONCLUSIVE, VIOLATED
 from pqqp_bench.ordering import summarize
-from pqqp_bench.report import Verdict, interference_rows, order_evidence, pipeline_verdict, summary_text
+from pqqp_bench.report import interference_verdict, order_evidence, pipeline_verdict, summary_text
+from pqqp_bench.report import verdict as report_verdict
 
 
 def test_case(pqqp_bench, pqqp_case) -> None:
@@ -57,33 +62,30 @@ def test_case(pqqp_bench, pqqp_case) -> None:
                     assert ach[f"{k}_bits"] == wanted, f"{pqqp_case.recipe}: {k} bits {wanted} asked, achieved {ach}"
 
 
+def outcome(verdict, kind: str) -> None:
+    """The pytest outcome of a verdict: violated fails, supported passes, inconclusive skips with its evidence."""
+    if verdict.status == VIOLATED:
+        pytest.fail(f"{kind} violated:\n{verdict.evidence()}")
+    if verdict.status == INCONCLUSIVE:
+        pytest.skip(f"inconclusive:\n{verdict.evidence()}")
+
+
 def test_progressive_intensity(pqqp_bench, pqqp_hypothesis) -> None:
-    points = [point for point, _ in pqqp_bench.hypothesis_points(pqqp_hypothesis)]
-    verdict = Verdict(pqqp_hypothesis, monotonicity(points, sigmas=pqqp_bench.suite.noise_sigmas),
-                      pqqp_bench.suite.noise_sigmas)
+    verdict = report_verdict(pqqp_bench, pqqp_hypothesis)
     print(f"\n{pqqp_hypothesis.id}\n{verdict.evidence()}")
-    if verdict.result.n_points < 2:
-        pytest.skip(f"{verdict.result.n_points} point(s) in the practical regime, at least 2 needed:\n"
-                    f"{verdict.evidence()}")
-    assert verdict.result.holds, f"A(Q->P) is not monotone in C*_P - C_Q:\n{verdict.evidence()}"
+    outcome(verdict, "A(Q->P) non-decreasing in C*_P - C_Q")
+
+
+def test_progressive_intensity_pooled(pqqp_bench, pqqp_pooled) -> None:
+    verdict = report_verdict(pqqp_bench, pqqp_pooled)
+    print(f"\n{pqqp_pooled.id}\n{verdict.evidence()}")
+    outcome(verdict, "A(Q->P) non-decreasing in C*_P - C_Q over every (p, B)")
 
 
 def test_interference(pqqp_bench, pqqp_interference) -> None:
-    rows = interference_rows(pqqp_bench, pqqp_interference)
-    table = "\n".join(f"C_Q {c_q:.2f} (B={bits}): A(Q->P) = {a:+.6g} ± {se:.2g}, same blocks removed: {same}"
-                      for c_q, bits, _, a, same, se in rows)
-    print(f"\n{pqqp_interference.id}\n{table}")
-    structured = any(same is not None for *_, same, _se in rows)
-    if structured:
-        unchanged = [r for r in rows if r[4] is True]
-        if not unchanged:
-            pytest.skip(f"the two orders removed different blocks at every bit width:\n{table}")
-        nonzero = structured_zero_interference(row[:5] for row in rows)
-        assert not nonzero, f"A != 0 although both orders removed the same blocks (no interference expected):\n{table}"
-    else:
-        sigmas = pqqp_bench.suite.noise_sigmas
-        assert any(abs(a) > sigmas * se for *_, a, _same, se in rows), (
-            f"no bit width shows interference (|A| > {sigmas:g} stderr) for an unstructured pruner:\n{table}")
+    verdict = interference_verdict(pqqp_bench, pqqp_interference)
+    print(f"\n{pqqp_interference.id}\n{verdict.evidence()}")
+    outcome(verdict, "interference (Table 1, Finding 4)")
 
 
 def test_throughput(pqqp_bench, pqqp_throughput, benchmark) -> None:
@@ -113,10 +115,7 @@ def test_throughput(pqqp_bench, pqqp_throughput, benchmark) -> None:
 def test_pipeline(pqqp_bench, pqqp_pipeline) -> None:
     verdict = pipeline_verdict(pqqp_bench, pqqp_pipeline)
     print(f"\n{pqqp_pipeline.id}\n{verdict.evidence()}")
-    if verdict.result.n_points < 2:
-        pytest.skip(f"{verdict.result.n_points} point(s) in the practical regime, at least 2 needed:\n"
-                    f"{verdict.evidence()}")
-    assert verdict.result.holds, f"A(first -> second) is not non-decreasing in x:\n{verdict.evidence()}"
+    outcome(verdict, "A(first -> second) non-decreasing in x")
 
 
 def test_order_search(pqqp_bench, pqqp_order) -> None:

@@ -81,3 +81,19 @@ def model_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def text_file(tmp_path: Path) -> Path:
     return write_corpus(tmp_path / "corpus.txt")
+
+
+OUTCOMES = ("PASSED", "FAILED", "SKIPPED", "ERROR")
+
+
+def outcomes(output: str, prefix: str) -> list[str]:
+    """Each `prefix[...]` test's outcome, from pytest -v's progress lines (`id OUTCOME`) and -rA's summary lines
+    (`OUTCOME id`; a skipped test's summary line has no id, and -s can split a progress line)."""
+    found = {}
+    for line in output.splitlines():
+        words = line.split()
+        if len(words) > 1 and f"::{prefix}[" in words[0] and words[1] in OUTCOMES:
+            found[words[0]] = words[1]
+        elif len(words) > 1 and words[0] in OUTCOMES and f"::{prefix}[" in words[1]:
+            found[words[1]] = words[0]
+    return list(found.values())

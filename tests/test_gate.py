@@ -151,6 +151,13 @@ def test_other_weights_are_refused(setup: dict) -> None:
     ("[1, 2]", "holds a list"),
     ('{"format": "other/9", "suite": "s", "harness_version": "0", "models": {}, "corpus": "c", "split": "s", '
      '"cases": []}', "format 'other/9'"),
+    ('{"format": "pqqp-baseline/1", "suite": "s", "harness_version": "0", "models": {}, "corpus": "c", "split": "s", '
+     '"cases": []}', "has no cases (a gate against it would compare nothing)"),
+    ('{"format": "pqqp-baseline/1", "suite": "s", "harness_version": "0", "models": {}, "corpus": "c", "split": "s", '
+     '"cases": [{"model": "m", "recipe": "dense", "metric": "ppl", "seeds": {"-1": 10.0}}, '
+     '{"model": "m", "recipe": "dense", "metric": "ppl", "seeds": {"-1": 11.0}}]}', "case 1 repeats 'dense'"),
+    ('{"format": "pqqp-baseline/1", "suite": "s", "harness_version": "0", "models": {}, "corpus": "c", "split": "s", '
+     '"cases": [{"model": "m", "recipe": "dense", "metric": "ppl", "seeds": {"-1": NaN}}]}', "case 0 needs"),
 ])
 def test_bad_baseline_is_a_one_line_error(setup: dict, content: str | None, named: str) -> None:
     bad = setup["tmp"] / "bad.json"
@@ -167,6 +174,24 @@ def test_bad_flags_and_missing_store_are_one_line_errors(setup: dict) -> None:
     assert code == 2 and "nope.sqlite" in out and "does not exist" in out
     code, out = gate(setup["suite"], setup["store"], setup["baseline"], "--min-recovery", "1.5")
     assert code == 2 and "min_recovery=1.5" in out and "(0, 1]" in out
+    for flag, value, named in (("--noise-sigmas", "nan", "noise_sigmas=nan"), ("--noise-sigmas", "-1", "noise_sigmas=-1"),
+                               ("--rel-tol", "inf", "rel_tol=inf"), ("--rel-tol", "nan", "rel_tol=nan")):
+        code, out = gate(setup["suite"], setup["store"], setup["baseline"], flag, value)
+        assert code == 2 and named in out and len(out.strip().splitlines()) == 1, out
+
+
+def test_a_zero_baseline_value_is_compared_in_the_metrics_units() -> None:
+    from pqqp_bench.gate import Values, judge
+    from pqqp_bench.suite import GateRule
+
+    case = ("m", "wanda:p=0.5", "lm-eval:pqqp_cloze/acc")
+    same = judge(case, Values({-1: 0.0}), Values({-1: 0.0}), GateRule(0.02), 2.0, (None, None))
+    assert same.reason == "" and same.worse == 0.0
+    better = judge(case, Values({-1: 0.0}), Values({-1: 0.5}), GateRule(0.02), 2.0, (None, None))
+    assert better.reason == "" and better.worse == -0.5
+    worse = judge(("m", "r", "lm-eval:t/perplexity"), Values({-1: 0.0}), Values({-1: 0.5}), GateRule(0.02), 2.0,
+                  (None, None))
+    assert worse.reason.startswith("worse by 50.00%")
 
 
 def test_suite_gate_rules(tmp_path: Path) -> None:
@@ -192,7 +217,8 @@ def test_pytest_option_fails_the_session_on_a_regression(setup: dict) -> None:
         return subprocess.run(args, cwd=folder, capture_output=True, text=True, timeout=300)
 
     failed = session("--pqqp-gate", str(setup["baseline"]))
-    assert failed.returncode == 1 and " passed" in failed.stdout and " failed" not in failed.stdout, failed.stdout[-2000:]
+    last = failed.stdout.strip().splitlines()[-1]
+    assert failed.returncode == 1 and "1 gate failed" in last and " passed" in last, failed.stdout[-2000:]
     assert "regression gate" in failed.stdout and PLANTED in failed.stdout and "+5.00%" in failed.stdout
     assert session("--pqqp-gate", str(setup["baseline"]), "--pqqp-rel-tol", "0.1").returncode == 0
     new = setup["tmp"] / "new.json"

@@ -3,6 +3,7 @@ seed spreads, rankings at equal compression, PNG plots of the expected size, and
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import struct
@@ -15,6 +16,7 @@ from pqqp_bench import __version__
 from pqqp_bench.cli import main
 from pqqp_bench.leaderboard import build, figure_pixels
 from pqqp_bench.measure import Bench
+from pqqp_bench.store import Store
 from pqqp_bench.suite import load_suite
 from synthetic import fake_model, fill, open_bench, suite_yaml
 
@@ -43,10 +45,25 @@ def test_building_twice_gives_identical_files(bench: Bench, tmp_path: Path) -> N
     second = build(bench, tmp_path / "two", "pqqp leaderboard")
     names = sorted(p.name for p in first)
     assert names == sorted(p.name for p in second)
-    assert {"README.md", "leaderboard.md", "leaderboard.html"} <= set(names) and len(names) == 5
+    assert {"README.md", "leaderboard.md", "leaderboard.html", "measurements.json", "environment.json"} <= set(names)
+    assert len(names) == 7
     for a, b in zip(sorted(first), sorted(second)):
         assert a.read_bytes() == b.read_bytes(), f"{a.name} differs between two builds"
     assert bench.experiments == {} and bench.computed == []  # nothing was loaded or computed
+
+
+def test_a_leaderboard_ships_its_data_and_is_rebuilt_from_it_bit_for_bit(bench: Bench, tmp_path: Path) -> None:
+    build(bench, tmp_path / "published", "pqqp leaderboard --store s.sqlite")
+    data = json.loads((tmp_path / "published" / "measurements.json").read_text())
+    assert len(data) == len(bench.store)  # every stored case of the suite, each seed
+    environment = json.loads((tmp_path / "published" / "environment.json").read_text())
+    assert environment["versions"]["torch"] and environment["cpu_capability"]
+    assert "pqqp import measurements.json --store rebuilt.sqlite" in (tmp_path / "published" / "README.md").read_text()
+    with Store(tmp_path / "rebuilt.sqlite") as store:
+        assert store.import_json(tmp_path / "published" / "measurements.json") == (len(data), 0)
+        build(open_bench(bench.suite, tmp_path / "rebuilt.sqlite"), tmp_path / "rebuilt", "pqqp leaderboard --store s.sqlite")
+    for name in ("leaderboard.md", "leaderboard.html", "measurements.json"):
+        assert (tmp_path / "rebuilt" / name).read_bytes() == (tmp_path / "published" / name).read_bytes(), name
 
 
 def test_tables_hold_every_case_with_missing_cells_and_seed_spreads(bench: Bench, tmp_path: Path) -> None:
@@ -61,7 +78,7 @@ def test_tables_hold_every_case_with_missing_cells_and_seed_spreads(bench: Bench
     assert "± 0.028 (2 seeds)" in text  # wanda (seeded) shows its spread over the two seeds
     magnitude_rtn = [line for line in text.splitlines() if re.match(r"\| magnitude +\| rtn +\| 0\.2 +\| 8 ", line)]
     assert "seeds" not in magnitude_rtn[0] and "+0.27 ±" in magnitude_rtn[0]  # seedless: one value; A > 0
-    verdicts = [line for line in text.splitlines() if re.match(r"\| \w+ +\| [\w>]+ +\| 0\.[23] +\| (holds|VIOLATED|missing)", line)]
+    verdicts = [line for line in text.splitlines() if re.match(r"\| \w+ +\| [\w>]+ +\| 0\.[23] +\| (supported|violated|inconclusive|missing)", line)]
     assert len(verdicts) == 8 and sum("missing" in v for v in verdicts) == 1
 
 
@@ -124,9 +141,47 @@ def test_html_leaderboard_renders_in_chromium(bench: Bench, tmp_path: Path) -> N
     assert html.count("<table") == 1 + 5  # the ranking, then five tables for the one model
     for header in ("A(Q→P) ± se", "x = C*_P − C_Q", "CER C*_P on rtn", "verdict", "ppl P→Q", "C_P·C_Q"):
         assert re.search(rf"<th[^>]*>\s*{re.escape(header)}\s*</th>", html), header
-    assert html.count("<img") == 2 and "VIOLATED" in html and "missing" in html  # the toy A falls with x
+    assert html.count("<img") == 2 and "missing" in html  # the toy A falls with x
+    assert re.search(r"<td[^>]*>\s*(supported|violated|inconclusive)\s*</td>", html)
     shot = tmp_path / "shot.png"
     result = subprocess.run([browser, *CHROMIUM_FLAGS, *profile, f"--screenshot={shot}", "--window-size=1280,2000",
                              page], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
     assert png_size(shot) == (1280, 2000) and shot.stat().st_size > 20_000  # tables and plots drawn, not blank
+
+
+def test_axes_are_set_by_practical_points_and_go_logarithmic_on_their_span_alone() -> None:
+    from matplotlib.figure import Figure
+
+    from pqqp_bench.leaderboard import edge, scale_axis, short_model
+
+    ax = Figure().subplots()
+    limits = scale_axis(ax, "y", [12.0, 14.0, 19.0], [8606.0])  # a collapsed ppl never widens the axis
+    assert ax.get_yscale() == "linear" and limits[1] < 20 and edge(8606.0, limits) == limits[1]
+    assert ax.get_ylim() == pytest.approx(limits)
+    ax = Figure().subplots()
+    scale_axis(ax, "y", [12.0, 150.0], [])  # the data span 12.5x: logarithmic
+    assert ax.get_yscale() == "log"
+    ax = Figure().subplots()
+    scale_axis(ax, "y", [-0.5, 0.3], [-40.0])  # A crosses 0: linear, and the collapsed A sits at the bottom
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[0] > -1
+    assert short_model("/tmp/some/where/tiny-llama") == "tiny-llama"
+    assert short_model("meta-llama/Meta-Llama-3-8B") == "meta-llama/Meta-Llama-3-8B"
+    assert short_model("models/gemma.Q8_0.gguf") == "gemma.Q8_0.gguf"
+
+
+def test_leaderboard_and_gate_take_the_model_and_grid_overrides_of_a_run(bench: Bench, tmp_path: Path, capsys) -> None:
+    """A suite run on another model (`--pqqp-model`) is published and gated without writing a new YAML."""
+    model, store, out = bench.suite.models[0], str(bench.store.path), tmp_path / "other"
+    other = suite_yaml(tmp_path / "other.yaml", "smollm2-135m", description="'written for another model'")
+    assert main(["leaderboard", "--suite", str(other), "--store", store, "--out", str(out), "--model", model,
+                 "--ratios", "0.3"]) == 0
+    text = (out / "leaderboard.md").read_text()
+    assert f"--model {model}" in (out / "README.md").read_text() and "--ratios 0.3" in (out / "README.md").read_text()
+    assert "smollm2" not in text and re.search(r"\| magnitude +\| rtn +\| 0\.3 +\| (supported|violated|inconclusive)", text)
+    assert not re.search(r"\| 0\.2 +\|", text)  # the grid override took effect: no p = 0.2 rows
+    baseline = tmp_path / "baseline.json"
+    assert main(["gate", "--suite", str(other), "--store", store, "--model", model, "--baseline", str(baseline),
+                 "--update-baseline"]) == 0
+    assert model in baseline.read_text()
+    capsys.readouterr()

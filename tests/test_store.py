@@ -191,6 +191,47 @@ def test_export_json_writes_every_field(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "out.json").read_text()) == expected
 
 
+def test_import_json_restores_an_export_bit_for_bit_and_keeps_what_is_stored(tmp_path: Path, capsys) -> None:
+    from pqqp_bench.cli import main
+
+    store, ms = filled_store(tmp_path / "r.sqlite")
+    with store:
+        store.export_json(tmp_path / "out.json")
+    with Store(tmp_path / "new.sqlite") as new:
+        new.put(Measurement(ms[0].key, 99.0, {"mine": True}))
+        assert new.import_json(tmp_path / "out.json") == (4, 1)
+        assert new.get(ms[0].key).value == 99.0  # a stored measurement wins
+        for m in ms[1:]:
+            got = new.get(m.key)
+            assert (got.value, got.details, got.created) == (m.value, m.details, m.created)
+    assert main(["import", str(tmp_path / "out.json"), "--store", str(tmp_path / "cli.sqlite")]) == 0
+    assert "5 measurements added" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, match", [
+    ("{not json", r"cannot be read"),
+    ('{"a": 1}', r"holds a dict"),
+    ('[{"model": "m"}]', r"record 0: accepted an object with the fields"),
+])
+def test_import_json_refuses_a_bad_file_in_one_line(tmp_path: Path, content: str, match: str) -> None:
+    (tmp_path / "bad.json").write_text(content)
+    with Store(tmp_path / "s.sqlite") as store, pytest.raises(PqqpError, match=match):
+        store.import_json(tmp_path / "bad.json")
+
+
+def test_import_json_refuses_a_record_whose_digest_is_not_its_keys(tmp_path: Path) -> None:
+    store, _ = filled_store(tmp_path / "r.sqlite")
+    with store:
+        store.export_json(tmp_path / "out.json")
+    records = json.loads((tmp_path / "out.json").read_text())
+    records[2]["recipe"] = "magnitude:p=0.9"  # edited by hand: the digest no longer matches
+    (tmp_path / "out.json").write_text(json.dumps(records))
+    with Store(tmp_path / "s.sqlite") as new:
+        with pytest.raises(PqqpError, match=r"record 2: digest .* is not that of its key fields"):
+            new.import_json(tmp_path / "out.json")
+        assert len(new) == 0  # nothing added before every record was checked
+
+
 def test_export_csv_writes_one_row_per_measurement(tmp_path: Path) -> None:
     store, ms = filled_store(tmp_path / "r.sqlite")
     with store:

@@ -82,7 +82,7 @@ def test_missing_suite_file(tmp_path: Path) -> None:
         load_suite(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("name", ["default", "methods", "paper-fig3", "paper-fig4", "table1"])
+@pytest.mark.parametrize("name", ["default", "default-candidates", "methods", "paper-fig3", "paper-fig4", "table1"])
 def test_shipped_suites_load(name: str) -> None:
     suite = load_suite(REPO / "suites" / f"{name}.yaml")
     assert suite.cases() and suite.hypotheses()
