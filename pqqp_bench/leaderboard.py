@@ -36,11 +36,12 @@ from .errors import PqqpError
 from .hypothesis import CER, Point, oriented, quant_ratio
 from .measure import METRIC, Bench, Missing
 from .ordering import OrderOutcome, summarize
-from .report import PipelineVerdict, Verdict, fmt, order_outcomes, pipeline_verdict, summary_text, trend, verdict
+from .report import (InterferenceVerdict, PipelineVerdict, Verdict, fmt, interference_verdict, order_outcomes,
+                     pipeline_verdict, summary_text, trend, verdict)
 from .methods.base import format_value
 from .spec import Recipe, parse_recipe
 from .store import Measurement, record
-from .suite import ORDERS, Case, HypothesisSpec, OrderSpec, PipelineSpec, PooledSpec, Suite, compact
+from .suite import ORDERS, Case, HypothesisSpec, InterferenceSpec, OrderSpec, PipelineSpec, PooledSpec, Suite, compact
 
 MISSING = "missing"
 PANEL_INCHES = (4.8, 3.6)
@@ -130,6 +131,7 @@ class ModelBoard:
     speeds: tuple["Speed", ...] = ()
     pipelines: tuple[tuple[PipelineSpec, PipelineVerdict | None], ...] = ()
     orders: tuple[tuple[OrderSpec, OrderOutcome], ...] = ()
+    interference: tuple[tuple[InterferenceSpec, InterferenceVerdict | None], ...] = ()
 
     @property
     def slug(self) -> str:
@@ -193,8 +195,10 @@ def collect(bench: Bench, model: str) -> ModelBoard:
     speeds = tuple(Speed(c.recipe, stored_speed(bench, model, c.recipe), stored(bench, model, c.recipe))
                    for c in (s.throughput.cases(model) if s.throughput else ()))
     pipelines = tuple((spec, lookup(pipeline_verdict, bench, spec)) for spec in s.pipeline_specs() if spec.model == model)
+    interference = tuple((spec, lookup(interference_verdict, bench, spec)) for spec in s.interference_specs()
+                         if spec.model == model)
     return ModelBoard(model, stored(bench, model, Recipe(())), pruned, quantized, joints, verdicts, speeds,
-                      pipelines, tuple(order_outcomes(bench, model)))
+                      pipelines, tuple(order_outcomes(bench, model)), interference)
 
 
 def collect_all(bench: Bench) -> list[ModelBoard]:
@@ -302,6 +306,26 @@ def verdict_table(board: ModelBoard, sigmas: float) -> Table:
                  f"a pair drops beyond max({sigmas:g}, Bonferroni t) standard errors of its difference, or the slope's "
                  "97.5% upper bound is below 0; else inconclusive, with the smallest slope the data could detect "
                  "(hypothesis.py). Errors: one bootstrap over the evaluation windows shared by every point.")
+
+
+def interference_tables(board: ModelBoard) -> list[Table]:
+    """Table 1 (Finding 4): A(Q→P) by bit width for each pruner, whether both orders removed the same blocks, and
+    each pruner's verdict."""
+    if not board.interference:
+        return []
+    rows = []
+    for spec, v in board.interference:
+        if v is None:
+            rows.append((compact(spec.pruner), f"{spec.p:g}", MISSING, "", "", "", ""))
+            continue
+        for c_q, bits, _, a, same, se in v.rows:
+            rows.append((compact(spec.pruner), f"{spec.p:g}", f"{c_q:.2f} ({bits})", f"{a:+.4g} ± {se:.2g}",
+                         "-" if same is None else ("yes" if same else "no"), v.status, v.reason))
+    return [Table("Interference (Table 1)", ("pruner", "p", "C_Q (B)", "A(Q→P) ± se", "same blocks removed", "verdict",
+                                             "reason"), tuple(rows),
+                  "A structured pruner (SLEB) is supported where A = 0 exactly at every width at which both orders "
+                  "removed the same blocks; an unstructured one where some width interferes beyond noise "
+                  "(Bonferroni over the widths).")]
 
 
 def score(value: float) -> float:
@@ -460,7 +484,7 @@ def model_tables(board: ModelBoard, suite: Suite) -> list[Table]:
     if has_grid(suite):
         tables += [quantized_table(board), pruned_table(board, suite.quantizers), joint_table(board),
                    verdict_table(board, suite.noise_sigmas)]
-        tables += [t for t in (implementation_table(board),) if t is not None]
+        tables += [t for t in (implementation_table(board),) if t is not None] + interference_tables(board)
     tables += pipeline_tables(board) + order_tables(board)
     return tables + ([throughput_table(board, suite)] if suite.throughput else [])
 

@@ -185,3 +185,15 @@ def test_leaderboard_and_gate_take_the_model_and_grid_overrides_of_a_run(bench: 
                  "--update-baseline"]) == 0
     assert model in baseline.read_text()
     capsys.readouterr()
+
+
+def test_an_interference_suite_gets_table_1_with_its_verdicts(tmp_path: Path) -> None:
+    suite = load_suite(suite_yaml(tmp_path / "t1.yaml", fake_model(tmp_path / "toy"), interference="true"))
+    bench = open_bench(suite, tmp_path / "t1.sqlite")
+    fill(bench)
+    build(bench, tmp_path / "lb", "pqqp leaderboard")
+    text = (tmp_path / "lb" / "leaderboard.md").read_text()
+    assert "#### Interference (Table 1)" in text
+    rows = [line for line in text.splitlines() if re.match(r"\| (magnitude|wanda) +\| 0\.[23] +\| \d\.\d\d \(\d\)", line)]
+    assert len(rows) == 2 * 2 * 3 * 2  # pruners x ratios x bit widths, per quantizer
+    assert all(re.search(r"\| (supported|inconclusive) +\|", row) for row in rows)  # unstructured: never violated
