@@ -12,7 +12,7 @@ import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from tabulate import tabulate
 from transformers.utils import logging as hf_logging
@@ -42,15 +42,31 @@ GRID_FLAGS = ("pruners", "quantizers", "ratios", "bits", "orders", "curve_bits",
               "order_sets", "order_reference")
 
 
+DATA_FLAGS = (("model", str, "embedded name, HF hub id, HF folder or .gguf file"),
+              ("corpus", str, "pydoc, austen, wikitext2, or a .txt/.jsonl path"),
+              ("seqlen", int, "tokens per calibration sample and evaluation window"),
+              ("calib_samples", int, "calibration windows"),
+              ("eval_tokens", int, "evaluation tokens, cut into windows of seqlen"),
+              ("holdout", float, "fraction of the corpus held out for evaluation"),
+              ("seed", int, "seed of calibration sampling and randomised methods"))
+"""The model, corpus and evaluation settings every command that names a suite's measurements takes."""
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, default: Callable[[str], str]) -> None:
+    """`DATA_FLAGS` as options; `default(name)` says in the help what an option left out means."""
+    for name, kind, text in DATA_FLAGS:
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"{text} ({default(name)})")
+
+
+def add_grid_arguments(parser: argparse.ArgumentParser, text: str) -> None:
+    """`GRID_FLAGS` as options overriding the suite's keys; `text` starts each help."""
+    for flag in GRID_FLAGS:
+        parser.add_argument(f"--{flag.replace('_', '-')}", default=None, help=f"{text} {flag}")
+
+
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     d = Settings()
-    parser.add_argument("--model", default=None, help=f"embedded name, HF hub id, HF folder or .gguf file (default {d.model})")
-    parser.add_argument("--corpus", default=None, help=f"pydoc, austen, wikitext2, or a .txt/.jsonl path (default {d.corpus})")
-    parser.add_argument("--seqlen", type=int, default=None, help=f"tokens per calibration sample and evaluation window (default {d.seqlen})")
-    parser.add_argument("--calib-samples", type=int, default=None, help=f"calibration windows (default {d.calib_samples})")
-    parser.add_argument("--eval-tokens", type=int, default=None, help=f"evaluation tokens, cut into windows of seqlen (default {d.eval_tokens})")
-    parser.add_argument("--holdout", type=float, default=None, help=f"fraction of the corpus held out for evaluation (default {d.holdout})")
-    parser.add_argument("--seed", type=int, default=None, help=f"seed of calibration sampling and randomised methods (default {d.seed})")
+    add_data_arguments(parser, lambda name: f"default {getattr(d, name)}")
     parser.add_argument("--batch-size", type=int, default=None, help=f"evaluation windows per forward pass (default {d.batch_size})")
     parser.add_argument("--device", default=None, help="auto (cuda if present), cpu, cuda, cuda:N (default auto)")
     parser.add_argument("--offload", default=None, choices=("none", "cpu", "disk"),
@@ -115,17 +131,9 @@ def suite_of(args: argparse.Namespace, **extra: Any) -> "Suite":
 def add_suite_overrides(parser: argparse.ArgumentParser) -> None:
     """The model, corpus and evaluation settings and the grid flags of `pqqp run --suite`, for the commands that
     read a suite's stored results (leaderboard, gate), so a run on another model is published without a new YAML."""
-    parser.add_argument("--model", default=None, help="the suite's models, comma-separated (default: the suite's)")
-    parser.add_argument("--corpus", default=None, help="pydoc, austen, wikitext2, or a .txt/.jsonl path (default: the suite's)")
-    for flag, kind, text in (("seqlen", int, "tokens per calibration sample and evaluation window"),
-                             ("calib-samples", int, "calibration windows"),
-                             ("eval-tokens", int, "evaluation tokens"),
-                             ("holdout", float, "fraction of the corpus held out for evaluation"),
-                             ("seed", int, "calibration seed")):
-        parser.add_argument(f"--{flag}", type=kind, default=None, help=f"{text} (default: the suite's)")
+    add_data_arguments(parser, lambda name: "default: the suite's" + ("; comma-separated" if name == "model" else ""))
     parser.add_argument("--schedule", default=None, choices=("staged", "fused"), help="the composition schedule (default: the suite's)")
-    for flag in GRID_FLAGS:
-        parser.add_argument(f"--{flag.replace('_', '-')}", default=None, help=f"override the suite's {flag}")
+    add_grid_arguments(parser, "override the suite's")
 
 
 def command_suite(args: argparse.Namespace) -> int:
@@ -377,8 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--suite", help="run a suite's whole grid (e.g. suites/default.yaml) through the results store")
     run.add_argument("--store", default=str(default_store_path()), help="results store of --suite (default $PQQP_STORE or results/pqqp.sqlite)")
     run.add_argument("--refresh", action="store_true", help="with --suite: recompute stored measurements")
-    for flag in GRID_FLAGS:
-        run.add_argument(f"--{flag.replace('_', '-')}", default=None, help=f"with --suite: override the suite's {flag}")
+    add_grid_arguments(run, "with --suite: override the suite's")
     run.add_argument("--vllm-venv", default=None,
                      help="with --suite: the venv with vLLM for throughput (default $PQQP_VLLM_VENV or ~/.cache/pqqp-bench/venvs/vllm)")
     run.add_argument("--ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS",

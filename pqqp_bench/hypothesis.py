@@ -40,6 +40,12 @@ def _finite(name: str, value: float) -> float:
     return value
 
 
+def _integer(name: str, value: int, least: int) -> int:
+    if isinstance(value, bool) or int(value) != value or value < least:
+        raise PqqpError(f"{name}={value!r}: an integer >= {least} is required")
+    return int(value)
+
+
 def _not_nan(name: str, value: float) -> float:
     value = float(value)
     if math.isnan(value):
@@ -215,10 +221,8 @@ def paired_bootstrap_advantage(
     qp, pq = _nll_array("nll_qp", nll_qp), _nll_array("nll_pq", nll_pq)
     if qp.size != pq.size:
         raise PqqpError(f"nll_qp has {qp.size} windows and nll_pq {pq.size}: the same windows for both are required")
-    if isinstance(tokens_per_window, bool) or int(tokens_per_window) != tokens_per_window or tokens_per_window < 1:
-        raise PqqpError(f"tokens_per_window={tokens_per_window!r}: a positive integer is required")
-    if isinstance(resamples, bool) or int(resamples) != resamples or resamples < 2:
-        raise PqqpError(f"resamples={resamples!r}: an integer >= 2 is required")
+    _integer("tokens_per_window", tokens_per_window, 1)
+    _integer("resamples", resamples, 2)
     tokens = qp.size * int(tokens_per_window)
 
     def adv(sum_qp: np.ndarray | float, sum_pq: np.ndarray | float) -> np.ndarray:
@@ -273,8 +277,7 @@ def paired_bootstrap_samples(
     qp, pq = _sample_pairs("samples_qp", samples_qp), _sample_pairs("samples_pq", samples_pq)
     if qp.shape != pq.shape:
         raise PqqpError(f"samples_qp has {len(qp)} documents and samples_pq {len(pq)}: the same documents are required")
-    if isinstance(resamples, bool) or int(resamples) != resamples or resamples < 2:
-        raise PqqpError(f"resamples={resamples!r}: an integer >= 2 is required")
+    _integer("resamples", resamples, 2)
     statistic = sample_statistic(metric)
 
     def adv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -626,8 +629,7 @@ def _neg_exp(r: np.ndarray) -> np.ndarray:
 
 def perplexity_pair(first: Sequence[Sequence[float]], second: Sequence[Sequence[float]], tokens_per_window: int) -> Paired:
     """A `Paired` of per-seed per-window summed NLLs (M = -ppl), each window scoring `tokens_per_window` tokens."""
-    if isinstance(tokens_per_window, bool) or int(tokens_per_window) != tokens_per_window or tokens_per_window < 1:
-        raise PqqpError(f"tokens_per_window={tokens_per_window!r}: a positive integer is required")
+    _integer("tokens_per_window", tokens_per_window, 1)
 
     def arrays(name: str, per_seed: Sequence[Sequence[float]]) -> tuple[np.ndarray, ...]:
         out = []
@@ -661,8 +663,7 @@ def bootstrap_advantages(pairs: Sequence[Paired], *, resamples: int = 2000, seed
 
     All points must be measured on the same number of units (the same windows). Deterministic given `seed`.
     """
-    if isinstance(resamples, bool) or int(resamples) != resamples or resamples < 2:
-        raise PqqpError(f"resamples={resamples!r}: an integer >= 2 is required")
+    _integer("resamples", resamples, 2)
     if not pairs:
         return np.zeros((int(resamples), 0))
     units = {p.units for p in pairs}
@@ -670,7 +671,8 @@ def bootstrap_advantages(pairs: Sequence[Paired], *, resamples: int = 2000, seed
         raise PqqpError(f"the points were evaluated on different numbers of units ({sorted(units)}): one shared set of "
                         f"windows or documents is required for a joint test")
     rng = np.random.default_rng(seed)
-    index = rng.integers(0, units.pop(), size=(int(resamples), pairs[0].units))
+    n = units.pop()
+    index = rng.integers(0, n, size=(int(resamples), n))
     n_seeds = max(len(p.first) for p in pairs)
     seeds = rng.integers(0, n_seeds, size=(int(resamples), n_seeds)) if n_seeds > 1 else None
     return np.column_stack([p.advantage(index, seeds) for p in pairs])
@@ -861,7 +863,7 @@ def fit_rise(judged: Judged, *, replicates: int = 200, level: float = 0.05) -> F
     judged_at = [i for i, pt in enumerate(judged.points) if not pt.collapsed]
     x = np.array([judged.points[i].x for i in judged_at])
     a = np.array([judged.points[i].advantage for i in judged_at])
-    fit = exponential_fit(x, a) if x.size >= 3 else None
+    fit = exponential_fit(x, a)
     if fit is None:
         return None
     ends = [float(x.min()), float(x.max())]

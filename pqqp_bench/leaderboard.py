@@ -274,8 +274,9 @@ def joint_table(board: ModelBoard) -> Table:
                  ("pruner", "quantizer", "p", "B", "C_P·C_Q achieved", f"ppl {ARROW['P>Q']}", f"ppl {ARROW['Q>P']}",
                   "A(Q→P) ± se", "x = C*_P − C_Q", "regime"), tuple(rows),
                  "A(Q→P) = M(quantize, then prune) − M(prune, then quantize) (Def. 4): positive means quantize-first "
-                 "wins; ± is its standard error (paired bootstrap over windows, pooled over seeds). Collapsed: "
-                 "either order above max_ppl_ratio × dense (App. D.6), shown but not judged.")
+                 "wins; ± is its standard error (the paired bootstrap the verdicts use: windows, and seeds, resampled "
+                 "together; inflated by n/(n−1) for n windows). Collapsed: either order above max_ppl_ratio × dense "
+                 "(App. D.6), shown but not judged.")
 
 
 def fit_text(v: Verdict) -> str:
@@ -736,8 +737,8 @@ def suite_measurements(bench: Bench, boards: list[ModelBoard]) -> list[Measureme
     """Every stored measurement the leaderboard was built from: each case of the suite's grid, pipelines and order
     search in every seed that can change it, and the throughput rows; once each, in the suite's case order."""
     found = {m.key.digest(): m for case in bench.suite.cases() for m in bench.stored_case(case)}
-    for board in boards:
-        found.update((m.key.digest(), m) for m in board.measurements() if m.key.digest() not in found)
+    for m in (m for board in boards for m in board.measurements()):
+        found.setdefault(m.key.digest(), m)
     return list(found.values())
 
 

@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
 
 from . import __version__
 from .compress import schedule_matters
 from .errors import PqqpError
-from .hypothesis import (CER, Estimate, Judged, Paired, Point, cer, combine_seeds, is_collapsed_metric, judge, oriented,
-                         paired_bootstrap_advantage, paired_bootstrap_samples, perplexity_pair, quant_ratio,
-                         sample_pair)
+from .hypothesis import (CER, Estimate, Judged, Paired, Point, bootstrap_advantages, cer, inflated_stderr,
+                         is_collapsed_metric, judge, oriented, perplexity_pair, quant_ratio, sample_pair)
 from .prefixes import wanted_prefixes
 from .store import Measurement, MeasurementKey, Store
 from .ordering import OrderOutcome, outcome, recommend
@@ -322,54 +323,52 @@ class Bench:
         """C*_P: the pruned model's metric mapped onto the quantizer's curve (Def. 3; both on the original φ)."""
         return cer(self.oriented(model, self.suite.pruner(pruner, p)), self.curve(model, quantizer))
 
-    def point(self, spec: PointSpec, seed_for_bootstrap: int = 0) -> tuple[Point, dict]:
-        """A(Q->P) = M(Q then P) - M(P then Q) with its paired-bootstrap noise (combined over seeds)."""
-        estimate, ppl_qp, ppl_pq = self.compare(spec.model, spec.recipe("Q>P"), spec.recipe("P>Q"), seed_for_bootstrap)
+    def point(self, spec: PointSpec) -> tuple[Point, dict]:
+        """A(Q->P) = M(Q then P) - M(P then Q) with its paired-bootstrap noise (`compare`); the details hold the
+        `Paired` units a joint test resamples (`paired`; None where a value is not finite)."""
+        estimate, paired, ppl_qp, ppl_pq = self.compare(spec.model, spec.recipe("Q>P"), spec.recipe("P>Q"))
         dense = self.mean_value(spec.model, Recipe(()))
         collapsed = is_collapsed_metric(self.suite.metric, ppl_qp + ppl_pq, dense, self.suite.max_ppl_ratio)
         c_q = quant_ratio(spec.bits)
         point = Point(spec.p, spec.bits, c_q, self.cer_of_pruner(spec.model, spec.pruner, spec.p, spec.quantizer),
                       estimate.value, estimate.stderr, collapsed)
-        return point, {"ppl_qp": ppl_qp, "ppl_pq": ppl_pq, "dense_ppl": dense, "estimate": estimate}
+        return point, {"ppl_qp": ppl_qp, "ppl_pq": ppl_pq, "dense_ppl": dense, "estimate": estimate, "paired": paired}
 
-    def advantage(self, qp: Measurement, pq: Measurement, seed: int) -> Estimate:
-        """A(Q->P) with its paired bootstrap: over evaluation windows (ppl) or over task documents (lm-eval)."""
-        resamples = self.suite.bootstrap
+    def compare(self, model: str, first: Recipe, second: Recipe) -> tuple[Estimate, Paired | None, list[float], list[float]]:
+        """A(first -> second) = M(first) - M(second) over the seeds that can change either, with the two recipes'
+        metric values per seed. Its noise is the bootstrap `judge` uses (`hypothesis.bootstrap_advantages`: windows
+        or documents, and seeds, resampled together; the inflated stderr, the 2.5/97.5% percentiles), computed on
+        the `Paired` units that come back with it (None where first == second: A = 0 exactly; or a value is not
+        finite: collapsed)."""
+        seeds = self.seeds_for(first, second)
+        a = [self.measure(model, first, seed) for seed in seeds]
+        b = [self.measure(model, second, seed) for seed in seeds]
+        values_first, values_second = [m.value for m in a], [m.value for m in b]
+        if not all(math.isfinite(v) for v in (*values_first, *values_second)):
+            return Estimate(math.nan, math.inf, math.nan, math.nan), None, values_first, values_second
+        if first == second:
+            return Estimate(0.0, 0.0, 0.0, 0.0), None, values_first, values_second
         if self.suite.metric == METRIC:
-            return paired_bootstrap_advantage(qp.details["window_nll"], pq.details["window_nll"],
-                                              qp.details["seqlen"] - 1, resamples=resamples, seed=seed)
-        return paired_bootstrap_samples(self.suite.metric, qp.details["samples"], pq.details["samples"],
-                                        resamples=resamples, seed=seed)
-
-    def compare(self, model: str, first: Recipe, second: Recipe, seed_for_bootstrap: int = 0
-                ) -> tuple[Estimate, list[float], list[float]]:
-        """A(first -> second) = M(first) - M(second), paired over windows (or documents) and combined over the
-        seeds that can change either; with the two recipes' metric values per seed."""
-        estimates, values_first, values_second = [], [], []
-        for seed in self.seeds_for(first, second):
-            a, b = self.measure(model, first, seed), self.measure(model, second, seed)
-            values_first.append(a.value)
-            values_second.append(b.value)
-            if not all(math.isfinite(v) for v in (a.value, b.value)):
-                estimates.append(Estimate(float("nan"), float("inf"), float("nan"), float("nan")))
-            elif first == second:
-                estimates.append(Estimate(0.0, 0.0, 0.0, 0.0))  # one measurement: A is exactly 0
-            else:
-                estimates.append(self.advantage(a, b, seed_for_bootstrap))
-        estimate = combine_seeds(estimates) if all(math.isfinite(e.value) for e in estimates) else estimates[0]
-        return estimate, values_first, values_second
+            paired = perplexity_pair([m.details["window_nll"] for m in a], [m.details["window_nll"] for m in b],
+                                     a[0].details["seqlen"] - 1)
+        else:
+            paired = sample_pair(self.suite.metric, [m.details["samples"] for m in a], [m.details["samples"] for m in b])
+        boot = bootstrap_advantages([paired], resamples=self.suite.bootstrap)
+        low, high = (float(v) for v in np.percentile(boot[:, 0], [2.5, 97.5]))
+        stderr = float(inflated_stderr(boot, paired.units)[0])
+        return Estimate(float(paired.advantage()[0]), stderr, low, high), paired, values_first, values_second
 
     def pipeline_points(self, spec: PipelineSpec) -> list[tuple[Point, dict]]:
         """The family's points as Fig. 3-style points with x the family's intensity gap (pipelines.py)."""
         dense = self.mean_value(spec.model, Recipe(()))
         points = []
         for pt in spec.family.points:
-            estimate, first, second = self.compare(spec.model, pt.first, pt.second)
+            estimate, paired, first, second = self.compare(spec.model, pt.first, pt.second)
             collapsed = is_collapsed_metric(self.suite.metric, first + second, dense, self.suite.max_ppl_ratio)
             point = Point(0.0, 0, 0.0, CER(pt.x), estimate.value, estimate.stderr, collapsed)
             alone = [(str(r), self.mean_value(spec.model, r)) for r in pt.alone]
-            points.append((point, {"first": first, "second": second, "dense": dense, "label": pt.label, "pair": pt,
-                                   "estimate": estimate, "alone": alone}))
+            points.append((point, {"first": first, "second": second, "dense": dense, "label": pt.label,
+                                   "estimate": estimate, "paired": paired, "alone": alone}))
         return points
 
     def order_outcome(self, spec: OrderSpec, exhaustive: bool = True) -> tuple[OrderOutcome | None, dict]:
@@ -389,21 +388,6 @@ class Bench:
     def hypothesis_points(self, spec: HypothesisSpec) -> list[tuple[Point, dict]]:
         return [self.point(p) for p in spec.points()]
 
-    def paired(self, model: str, first: Recipe, second: Recipe) -> Paired | None:
-        """The two recipes' evaluation units (windows or documents) per seed, for a joint bootstrap; None where
-        they are one recipe (A = 0 exactly) or a value is not finite (collapsed)."""
-        if first == second:
-            return None
-        seeds = self.seeds_for(first, second)
-        a = [self.measure(model, first, seed) for seed in seeds]
-        b = [self.measure(model, second, seed) for seed in seeds]
-        if not all(math.isfinite(m.value) for m in (*a, *b)):
-            return None
-        if self.suite.metric == METRIC:
-            return perplexity_pair([m.details["window_nll"] for m in a], [m.details["window_nll"] for m in b],
-                                   a[0].details["seqlen"] - 1)
-        return sample_pair(self.suite.metric, [m.details["samples"] for m in a], [m.details["samples"] for m in b])
-
     def judge(self, points: Sequence[Point], pairs: Sequence[Paired | None]) -> Judged:
         """The three verdicts of `hypothesis.judge` under the suite's noise settings."""
         s = self.suite
@@ -413,9 +397,7 @@ class Bench:
         """Hypothesis 1 over these points (one p, or pooled over p): the joint-bootstrap verdict, and each point's
         details (`point`)."""
         found = [self.point(spec) for spec in specs]
-        pairs = [None if pt.collapsed else self.paired(spec.model, spec.recipe("Q>P"), spec.recipe("P>Q"))
-                 for spec, (pt, _) in zip(specs, found)]
-        return self.judge([pt for pt, _ in found], pairs), [d for _, d in found]
+        return self.judge([pt for pt, _ in found], [d["paired"] for _, d in found]), [d for _, d in found]
 
     def removed_blocks(self, model: str, recipe: Recipe, seed: int) -> list | None:
         """The blocks a structured pruner removed in this measurement (None where it removes none)."""

@@ -129,14 +129,16 @@ def verdict_table(bench: Bench) -> str:
 
 
 def interference_rows(bench: Bench, spec: InterferenceSpec) -> list[tuple]:
-    """(C_Q, bits, pruner, A, same structure) for each bit width: Table 1's cells for one pruner."""
+    """(C_Q, bits, pruner, A, same structure, stderr, units) for each bit width: Table 1's cells for one pruner,
+    with the number of evaluation units A's noise was resampled over (None where a value is not finite)."""
     rows = []
     for pt_spec in spec.points():
-        point, _ = bench.point(pt_spec)
+        point, details = bench.point(pt_spec)
         qp = bench.removed_blocks(spec.model, pt_spec.recipe("Q>P"), bench.suite.seeds[0])
         pq = bench.removed_blocks(spec.model, pt_spec.recipe("P>Q"), bench.suite.seeds[0])
         same = None if qp is None and pq is None else qp == pq
-        rows.append((point.c_q, point.bits, spec.pruner, point.advantage, same, point.stderr))
+        units = details["paired"].units if details["paired"] is not None else None
+        rows.append((point.c_q, point.bits, spec.pruner, point.advantage, same, point.stderr, units))
     return rows
 
 
@@ -160,7 +162,8 @@ def interference_verdict(bench: Bench, spec: InterferenceSpec) -> InterferenceVe
     blocks, violated where such a width has A != 0, inconclusive where none has. An unstructured pruner: supported
     where some width interferes, |A| beyond max(noise_sigmas, the Bonferroni t over the widths) stderr, else
     inconclusive (the absence of interference is never claimed)."""
-    rows = tuple(interference_rows(bench, spec))
+    found = interference_rows(bench, spec)
+    rows = tuple(row[:6] for row in found)
     if any(same is not None for *_, same, _se in rows):
         unchanged = [r for r in rows if r[4] is True]
         nonzero = structured_zero_interference(row[:5] for row in rows)
@@ -172,8 +175,8 @@ def interference_verdict(bench: Bench, spec: InterferenceSpec) -> InterferenceVe
         return InterferenceVerdict(spec, rows, SUPPORTED, f"A = 0 exactly at all {len(unchanged)} widths where both "
                                                           f"orders removed the same blocks")
     s = bench.suite
-    units = bench.paired(spec.model, spec.points()[0].recipe("Q>P"), spec.points()[0].recipe("P>Q"))
-    sigmas = break_sigmas(s.noise_sigmas, len(rows), max(units.units if units else 2, 2), s.level)
+    units = max((row[6] for row in found if row[6] is not None), default=2)
+    sigmas = break_sigmas(s.noise_sigmas, len(rows), units, s.level)
     beyond = [r for r in rows if abs(r[3]) > sigmas * r[5]]
     if beyond:
         widths = ", ".join(f"B={r[1]} (A = {r[3]:+.4g} ± {r[5]:.2g})" for r in beyond)
@@ -234,8 +237,7 @@ def mean(values: Sequence[float]) -> float:
 
 def pipeline_verdict(bench: Bench, spec: PipelineSpec) -> PipelineVerdict:
     points = bench.pipeline_points(spec)
-    pairs = [None if pt.collapsed else bench.paired(spec.model, d["pair"].first, d["pair"].second) for pt, d in points]
-    judged = bench.judge([pt for pt, _ in points], pairs)
+    judged = bench.judge([pt for pt, _ in points], [d["paired"] for _, d in points])
     rows = tuple((d["label"], pt.x, mean(d["first"]), mean(d["second"]), pt.advantage, pt.stderr, pt.collapsed,
                   "; ".join(f"{r} {fmt(v, 5)}" for r, v in d["alone"]))
                  for pt, (_, d) in zip(judged.points, points))
