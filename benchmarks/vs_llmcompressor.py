@@ -23,9 +23,9 @@ block 128, dampening 0.01):
   gptq        ours three variants                     theirs GPTQModifier(int4 sym, strategy group 64; its
                                                       defaults: actorder static, memoryless minmax observer)
               "matched": actorder=true (static groups fitted up front, columns by decreasing diag H, as
-                         llm-compressor's actorder=static) and clip=14/15: our symmetric scale is
-                         clip*absmax/7 on levels -8..7, compressed-tensors' is absmax/7.5 on the same levels,
-                         so clip=14/15 gives the same grid
+                         llm-compressor's actorder=static), grid=full and clip=none: scale 2*absmax/15 on
+                         levels -8..7, compressed-tensors' min-max grid bit for bit (tests/test_grids.py;
+                         clip=14/15 on our restricted grid differs from it by one ulp in many groups)
               "clip=none": our default dynamic groups, scale absmax/7
               "default": our defaults (dynamic groups, MSE-searched clip)
   joint       SparseGPT then GPTQ, the same three GPTQ variants; theirs both modifiers in one recipe list
@@ -144,10 +144,8 @@ def recipes(args: argparse.Namespace) -> dict[str, dict]:
     """Per row group: the llm-compressor recipe name and our variants (label -> pqqp recipe), matched one first."""
     prune = f"sparsegpt:p={args.sparsity},block={args.block},damp={args.damp}"
     base = f"gptq:w={args.bits},g={args.group},block={args.block},damp={args.damp}"
-    qmax = 2 ** (args.bits - 1) - 1
-    matched_clip = qmax / (qmax + 0.5)  # compressed-tensors: scale = absmax / ((2^B - 1) / 2); ours: clip * absmax / qmax
-    gptq = {
-        f"matched (actorder, clip={qmax}/{qmax + 0.5:g})": f"{base},actorder=true,clip={matched_clip!r}",
+    gptq = {  # grid=full,clip=none: compressed-tensors' scale absmax / ((2^B - 1) / 2), bit for bit
+        "matched (actorder, grid=full, clip=none)": f"{base},actorder=true,grid=full,clip=none",
         "clip=none": f"{base},clip=none",
         "default (clip=mse)": base,
     }

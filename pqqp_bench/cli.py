@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .suite import Suite
 
 
-SUITE_KEYS = ("corpus", "seqlen", "calib_samples", "eval_tokens", "holdout", "batch_size", "device", "offload",
+SUITE_KEYS = ("corpus", "seqlen", "calib_samples", "eval_tokens", "holdout", "bos", "batch_size", "device", "offload",
               "schedule", "prefix_cache", "prefix_cache_dir")
 GRID_FLAGS = ("pruners", "quantizers", "ratios", "bits", "orders", "curve_bits", "seeds", "max_ppl_ratio", "metric",
               "lm_eval_limit", "throughput_recipes", "throughput_backend", "throughput_prompt_len",
@@ -48,6 +48,7 @@ DATA_FLAGS = (("model", str, "embedded name, HF hub id, HF folder or .gguf file"
               ("calib_samples", int, "calibration windows"),
               ("eval_tokens", int, "evaluation tokens, cut into windows of seqlen"),
               ("holdout", float, "fraction of the corpus held out for evaluation"),
+              ("bos", str, "windows start with BOS: auto (as the tokenizer does), always, never"),
               ("seed", int, "seed of calibration sampling and randomised methods"))
 """The model, corpus and evaluation settings every command that names a suite's measurements takes."""
 
@@ -106,7 +107,7 @@ def describe(case: CaseResult) -> str:
             f"requested  C_P {req['prune']:.3f}  C_Q {req['quant']:.3f}  total {req['total']:.3f}",
             f"achieved   sparsity {ach['sparsity']:.4f} (all zeros {ach['zero_fraction']:.4f}), {bits}"
             f"  ->  C_P {ach['prune']:.3f}  C_Q {ach['quant']:.3f}  total {ach['total']:.3f}",
-            f"perplexity {p.ppl:.4f}   ({p.convention}: {p.windows} x {p.seqlen} tokens)",
+            f"perplexity {p.ppl:.4f}   ({p.convention}: {p.windows} x {p.seqlen} tokens, window start: {p.bos})",
             f"time       compress {case.seconds['compress']:.1f} s, evaluate {case.seconds['evaluate']:.1f} s",
             *(f"flagged    {line}" for line in case.report.flags),
         ]
@@ -219,7 +220,8 @@ def command_gate(args: argparse.Namespace) -> int:
     from .gate import run_gate, with_overrides
     from .store import Store
 
-    suite = with_overrides(suite_of(args, noise_sigmas=args.noise_sigmas), args.rel_tol, args.min_recovery)
+    suite = with_overrides(suite_of(args, noise_sigmas=args.noise_sigmas), args.rel_tol, args.min_recovery,
+                           args.kernel_noise)
     with Store(existing_store(args.store)) as store:
         code, text = run_gate(stored_bench(suite, store, args), args.baseline, update=args.update_baseline)
     print(text)
@@ -262,7 +264,9 @@ def command_run(args: argparse.Namespace) -> int:
     experiment = Experiment(settings_from(args))
     s = experiment.settings
     print(f"model {s.model} ({experiment.loaded.source}) on {experiment.device}; corpus {experiment.corpus.name}: "
-          f"{experiment.corpus.split}; calibration {s.calib_samples} x {s.seqlen} tokens, seed {s.seed}; "
+          f"{experiment.corpus.split}; windows start with "
+          f"{'BOS' if experiment.corpus.bos is not None else 'no BOS'} (bos={s.bos}); "
+          f"calibration {s.calib_samples} x {s.seqlen} tokens, seed {s.seed}; "
           f"loaded in {experiment.load_seconds:.1f} s")
     results = []
     for recipe in recipes:
@@ -270,8 +274,8 @@ def command_run(args: argparse.Namespace) -> int:
         print("\n" + describe(case), flush=True)
         results.append(case)
     rows = [(c.recipe, c.order or "-", f"{c.report.achieved()['total']:.2f}", f"{c.perplexity.ppl:.4f}",
-             f"{c.seconds['compress']:.1f}", f"{c.seconds['evaluate']:.1f}") for c in results]
-    print("\n" + tabulate(rows, headers=["recipe", "order", "C total", "ppl", "compress s", "eval s"]))
+             c.perplexity.bos, f"{c.seconds['compress']:.1f}", f"{c.seconds['evaluate']:.1f}") for c in results]
+    print("\n" + tabulate(rows, headers=["recipe", "order", "C total", "ppl", "window start", "compress s", "eval s"]))
     if args.json:
         payload = {"settings": s.__dict__, "model_fingerprint": experiment.loaded.fingerprint,
                    "results": [c.summary() for c in results]}
@@ -300,6 +304,7 @@ def command_order(args: argparse.Namespace) -> int:
     suite = Suite(name="order", models=(args.model or d.model,), corpus=args.corpus or d.corpus,
                   seqlen=args.seqlen or d.seqlen, calib_samples=args.calib_samples or d.calib_samples,
                   eval_tokens=args.eval_tokens or d.eval_tokens, holdout=d.holdout if args.holdout is None else args.holdout,
+                  bos=args.bos or d.bos,
                   seeds=(d.seed if args.seed is None else args.seed,), batch_size=args.batch_size or d.batch_size,
                   device=args.device or d.device, pruners=(), quantizers=(), ratios=(), bits=(),
                   curve_bits=coerce("curve_bits", args.curve_bits), order_search=OrderSearch((methods,), args.reference))
@@ -430,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="allowed relative worsening per case, e.g. 0.02 (default: the suite's gate rule, else 0.02)")
     gate.add_argument("--min-recovery", type=float, default=None,
                       help="fraction of the dense quality a case must keep, e.g. 0.5 (default: the suite's, else off)")
+    gate.add_argument("--kernel-noise", type=float, default=None,
+                      help="relative std of a value between machines' CPU kernels, added to the noise allowance, e.g. "
+                           "0.007 (default: the suite's gate rule, else 0)")
     gate.add_argument("--noise-sigmas", type=float, default=None,
                       help="noise allowance in standard errors of the seed spread (default: the suite's noise_sigmas)")
     gate.set_defaults(func=command_gate)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .compress import CompressionReport, CompressionState, check_schedule, compress, cut_points, keeps_reference
-from .data import DEFAULT_CORPUS, DEFAULT_HOLDOUT, Corpus, load_corpus
+from .data import DEFAULT_CORPUS, DEFAULT_HOLDOUT, Corpus, bos_label, check_bos, load_corpus
 from .errors import PqqpError
 from .evaluate import PerplexityResult, layerwise_perplexity, perplexity
 from .models import DEFAULT_MODEL, LoadedModel, load_model
@@ -32,6 +32,7 @@ class Settings:
     calib_samples: int = 32
     eval_tokens: int = 16384
     holdout: float = DEFAULT_HOLDOUT
+    bos: str = "auto"  # windows start with BOS: auto (as the tokenizer does), always, never (data.bos_token)
     seed: int = 0
     batch_size: int = 1
     device: str = "auto"
@@ -93,6 +94,7 @@ class Experiment:
         self.settings = settings
         self.device = settings.resolved_device()
         check_schedule(settings.schedule)
+        check_bos(settings.bos)
         # nothing is kept until a grid says which prefixes its cases start from (measure.Bench sets `wanted`)
         self.prefixes = PrefixCache(cache_size(settings.prefix_cache) if settings.offload == "none" else 0.0, wanted={},
                                     folder=Path(settings.prefix_cache_dir).expanduser() if settings.prefix_cache_dir else None)
@@ -109,7 +111,7 @@ class Experiment:
             raise PqqpError(f"seqlen={settings.seqlen} exceeds the context of model '{settings.model}': accepted 2..{context}")
         if settings.seqlen < 2:
             raise PqqpError(f"seqlen={settings.seqlen} is too short: accepted 2..{context or 'the model context'}")
-        self.corpus: Corpus = load_corpus(settings.corpus, self.loaded.tokenizer, settings.holdout)
+        self.corpus: Corpus = load_corpus(settings.corpus, self.loaded.tokenizer, settings.holdout, settings.bos)
         self.calibrations: dict[int, torch.Tensor] = {}
         self.calibration_for(settings.seed)  # a corpus too small for the samples fails here, before any work
         self.windows = self.corpus.evaluation_windows(settings.seqlen, settings.eval_tokens)
@@ -129,9 +131,10 @@ class Experiment:
 
     def calibration_identity(self, seed: int) -> tuple:
         """What the calibration samples of `seed` are drawn from and how: the part of a prefix key that is not
-        the recipe (the model's fingerprint, corpus, holdout, samples, length, seed, device)."""
+        the recipe (the model's fingerprint, corpus, holdout, samples, length, BOS, seed, device)."""
         s = self.settings
-        return (self.loaded.fingerprint, str(s.corpus), s.holdout, s.calib_samples, s.seqlen, seed, self.device)
+        return (self.loaded.fingerprint, str(s.corpus), s.holdout, s.calib_samples, s.seqlen, self.corpus.bos, seed,
+                self.device)
 
     def compressed(self, recipe: Recipe | str, seed: int | None = None) -> tuple[torch.nn.Module, CompressionReport, float]:
         """A fresh copy of the dense model compressed by `recipe` (the dense model itself for `dense`), its
@@ -176,6 +179,7 @@ class Experiment:
         else:
             ppl = layerwise_perplexity(model, self.windows, self.device, progress=self.settings.progress)
         del model
+        ppl.bos = bos_label(self.corpus.bos)
         return CaseResult(
             str(recipe), recipe.order, recipe.key, report, ppl, {"compress": compress_seconds, "evaluate": ppl.seconds}
         )

@@ -785,8 +785,9 @@ def index(boards: list[ModelBoard], source: Provenance) -> str:
             + ". Missing measurements are shown as `missing`; nothing is computed while building.\n\n"
             f"Data: [{DATA}]({DATA}) holds every measurement used (`pqqp export` form: keys, values, per-window NLLs), "
             f"[{ENVIRONMENT}]({ENVIRONMENT}) the library versions, CPU (kernel capability) and GPU of the machine that "
-            f"built this leaderboard (the measurements' own timings and devices are in their details). Rebuild every "
-            f"table from them:\n\n```bash\npqqp import {DATA} --store rebuilt.sqlite\n"
+            f"built this leaderboard (each measurement's own timings, device, library versions and kernels are in its "
+            f"details). Rebuild every table from them with the code of the commit in {ENVIRONMENT} (a measurement's key "
+            f"carries the fingerprint of the code that computed it, so other code computes its own instead):\n\n```bash\npqqp import {DATA} --store rebuilt.sqlite\n"
             f"{rebuild_command(source.command)}\n```\n\n## Tables\n\n")
     return head + markdown(boards, s, images=True)
 

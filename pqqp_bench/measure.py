@@ -10,7 +10,6 @@ From the stored numbers it then builds the hypothesis points (paper §3: CER, A(
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,16 +55,17 @@ def uses_seed(recipe: Recipe) -> bool:
 def progress_line(index: int, total: int, m: Measurement) -> str:
     """One stored measurement as the suite runners print it: position, model, recipe, value and timings."""
     took = m.details.get("seconds", {})
-    return (f"[{index}/{total}] {m.key.model}  {m.key.recipe}  {m.key.metric} {m.value:.4f}  "
+    start = f" (window start {m.details['bos']})" if "bos" in m.details else ""
+    return (f"[{index}/{total}] {m.key.model}  {m.key.recipe}  {m.key.metric} {m.value:.4f}{start}  "
             f"(compress {took.get('compress', 0):.1f} s, evaluate {took.get('evaluate', 0):.1f} s)")
 
 
 def corpus_identity(corpus: str) -> str:
-    """The corpus name, with a content hash for a file (so an edited file is a different corpus)."""
-    path = Path(corpus).expanduser()
-    if path.is_file():
-        return f"{path.name}:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
-    return corpus
+    """The corpus's name with the content hash of its text (`data.corpus_fingerprint`): an edited file, or the
+    built-in `pydoc` text of another Python build, is another corpus."""
+    from .data import corpus_fingerprint
+
+    return corpus_fingerprint(corpus)
 
 
 def calibration_key(suite: Suite, recipe: Recipe) -> str:
@@ -89,6 +89,7 @@ class Bench:
     computed: list[str] = field(default_factory=list)  # digests computed by this process (refresh: once each)
     experiments: dict[str, Any] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
+    window_starts: dict[str, str] = field(default_factory=dict)  # per model: `bos` or `none` (data.bos_label)
     task_managers: dict[str, Any] = field(default_factory=dict)  # lm-eval's, built once per bench
     vllm_venv: str | None = None  # where vLLM lives when this environment has none (evaluate/throughput.py)
 
@@ -102,19 +103,52 @@ class Bench:
                                                          trust_remote_code=self.trust_remote_code)
         return self.fingerprints[model]
 
+    def window_start(self, model: str) -> str:
+        """How `model`'s windows start under the suite's `bos` setting: `bos` or `none` (from its tokenizer alone;
+        the experiment, where loaded, says the same)."""
+        if model not in self.window_starts:
+            from .data import bos_label, bos_token
+
+            if model in self.experiments:
+                start = self.experiments[model].corpus.bos
+            elif self.suite.bos == "never":
+                start = None
+            else:
+                from .models import load_tokenizer
+
+                tokenizer = load_tokenizer(model, cache_dir=Path(self.cache_dir) if self.cache_dir else None,
+                                           trust_remote_code=self.trust_remote_code)
+                start = bos_token(tokenizer, self.suite.bos)
+            self.window_starts[model] = bos_label(start)
+        return self.window_starts[model]
+
     @cached_property
     def corpus_id(self) -> str:
-        return corpus_identity(self.suite.corpus)  # hashes a corpus file: once, not on every lookup
+        return corpus_identity(self.suite.corpus)  # hashes the corpus text: once, not on every lookup
+
+    @cached_property
+    def numbers_environment(self) -> dict:
+        from .environment import numbers_environment
+
+        return numbers_environment()
+
+    @cached_property
+    def harness(self) -> str:
+        """The key's harness field: this release and the fingerprint of the code that computes (`environment.py`)."""
+        from .environment import code_fingerprint, harness_identity
+
+        return harness_identity(__version__, code_fingerprint())
 
     def seeds_for(self, *recipes: Recipe) -> tuple[int, ...]:
         """The suite's seeds where one of `recipes` can depend on the seed, else just the first."""
         return self.suite.seeds if any(uses_seed(r) for r in recipes) else self.suite.seeds[:1]
 
-    def split(self) -> str:
-        """The evaluation split in the key: the perplexity windows, or the context an lm-eval task runs with."""
+    def split(self, model: str) -> str:
+        """The evaluation split in the key: the perplexity windows (with how they start), or the context an lm-eval
+        task runs with."""
         s = self.suite
         if s.metric == METRIC:
-            return f"holdout={s.holdout:g},seqlen={s.seqlen},tokens={s.eval_tokens}"
+            return f"holdout={s.holdout:g},seqlen={s.seqlen},tokens={s.eval_tokens},start={self.window_start(model)}"
         return f"holdout={s.holdout:g},max_length={s.seqlen}" + (f",limit={s.lm_eval_limit}" if s.lm_eval_limit else "")
 
     def key(self, model: str, recipe: Recipe, seed: int, metric: str | None = None, split: str | None = None
@@ -123,10 +157,10 @@ class Bench:
         seeded = uses_seed(recipe)
         return MeasurementKey(
             model=model, model_hash=self.fingerprint(model), corpus=self.corpus_id,
-            split=split or self.split(), recipe=str(recipe),
+            split=split or self.split(model), recipe=str(recipe),
             recipe_key=recipe.key, metric=metric or s.metric, seed=seed if seeded else -1,
-            calibration=calibration_key(s, recipe) if seeded else "",
-            harness_version=__version__,
+            calibration=f"{calibration_key(s, recipe)},start={self.window_start(model)}" if seeded else "",
+            harness_version=self.harness,
         )
 
     # --- measuring ---------------------------------------------------------------------------------------
@@ -167,6 +201,12 @@ class Bench:
             self.experiments[model] = Experiment(settings)
             if self.experiments[model].loaded.fingerprint != self.fingerprint(model):
                 raise PqqpError(f"model {model!r} changed while loading (fingerprint differs): run again")
+            from .data import bos_label
+
+            loaded = bos_label(self.experiments[model].corpus.bos)
+            if self.window_starts.setdefault(model, loaded) != loaded:
+                raise PqqpError(f"model {model!r}: its tokenizer alone gave window start {self.window_starts[model]!r}, "
+                                f"the loaded experiment {loaded!r}: run again")
             recipes = [c.recipe for c in self.suite.cases() if c.model == model]
             self.experiments[model].prefixes.wanted = wanted_prefixes(recipes, self.suite.schedule)
         return self.experiments[model]
@@ -184,7 +224,7 @@ class Bench:
         else:
             value, evaluated, seconds = self.lm_eval_task(experiment, recipe, seed, compressed)
         return value, {"order": recipe.order, **evaluated, "sparsity_tolerance": tolerance, "seconds": seconds,
-                       "device": experiment.device}
+                       "device": experiment.device, "environment": self.numbers_environment}
 
     @staticmethod
     def perplexity(experiment: "Experiment", recipe: Recipe, seed: int, compressed: "Compressed | None" = None
@@ -196,7 +236,7 @@ class Bench:
             **({"reused_prefix": case.report.reused} if case.report.reused else {}),
             **({"flags": case.report.flags} if case.report.flags else {}),
             "window_nll": p.window_nll, "tokens": p.tokens, "windows": p.windows, "seqlen": p.seqlen,
-            "convention": p.convention,
+            "convention": p.convention, "bos": p.bos,
         }, case.seconds
 
     def lm_eval_task(self, experiment: "Experiment", recipe: Recipe, seed: int, compressed: "Compressed | None" = None

@@ -227,6 +227,17 @@ def model_fingerprint(name: str, *, cache_dir: Path | None = None, trust_remote_
     return location_fingerprint(location, config)
 
 
+def load_tokenizer(name: str, *, cache_dir: Path | None = None, trust_remote_code: bool = False
+                   ) -> PreTrainedTokenizerBase:
+    """The tokenizer `load_model(name)` would give, without the weights (a key's BOS setting needs only it)."""
+    location, source = resolve(name, Path(cache_dir) if cache_dir else default_cache_dir())
+    try:
+        return AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PqqpError(f"cannot load the tokenizer of model {name!r} ({source}): {reason}") from None
+
+
 def available_models() -> list[tuple[str, str, str]]:
     """(name, status, description) of each embedded model, for `pqqp models`."""
     rows = []

@@ -53,6 +53,7 @@ GRID_OPTIONS = {
     "calib_samples": "number of calibration windows",
     "eval_tokens": "evaluation tokens (cut into windows of seqlen)",
     "holdout": "fraction of the corpus held out for evaluation",
+    "bos": "windows start with BOS: auto (as the tokenizer does, e.g. Gemma, Llama), always, never",
     "seeds": "calibration seeds, e.g. 0,1,2 (noise from seeds)",
     "batch_size": "evaluation windows per forward pass",
     "device": "auto, cpu, cuda, cuda:N",
@@ -121,6 +122,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="with --pqqp-gate: write the store's values as the new baseline instead of comparing")
     group.addoption("--pqqp-rel-tol", type=float, default=None,
                     help="gate: allowed relative worsening per case, e.g. 0.02 (default: the suite's gate rule)")
+    group.addoption("--pqqp-kernel-noise", type=float, default=None,
+                    help="gate: relative std of a value between machines' CPU kernels, added to the noise allowance "
+                         "(default: the suite's gate rule)")
     group.addoption("--pqqp-min-recovery", type=float, default=None,
                     help="gate: fraction of the dense quality a case must keep, e.g. 0.5 (default: the suite's)")
 
@@ -314,7 +318,8 @@ def gate(config: pytest.Config) -> tuple[int, str]:
     from .store import Store
 
     try:
-        suite = with_overrides(suite_of(config), config.getoption("pqqp_rel_tol"), config.getoption("pqqp_min_recovery"))
+        suite = with_overrides(suite_of(config), config.getoption("pqqp_rel_tol"), config.getoption("pqqp_min_recovery"),
+                               config.getoption("pqqp_kernel_noise"))
         path = store_path(config)
         if not path.is_file():
             raise PqqpError(f"store {str(path)!r} does not exist: the gate needs the results of `pytest suites/`")

@@ -47,7 +47,9 @@ def case_table(bench: Bench) -> str:
         return ""
     s = bench.suite
     if s.metric == "ppl":
-        title = f"cases: token-level perplexity, {s.eval_tokens // s.seqlen} x {s.seqlen}-token windows of {s.corpus}"
+        starts = ", ".join(f"{m}: {'BOS' if bench.window_start(m) == 'bos' else 'no BOS'}" for m in s.models)
+        title = (f"cases: token-level perplexity, {s.eval_tokens // s.seqlen} x {s.seqlen}-token windows of {s.corpus} "
+                 f"(window start, bos={s.bos}: {starts})")
     else:
         title = f"cases: {s.metric} (lm-eval, context {s.seqlen} tokens, held-out text of {s.corpus})"
     return title + "\n" + tabulate(rows, headers=["model", "recipe", "order", "seed", "sparsity", "bits", "C total",

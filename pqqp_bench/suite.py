@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from .compress import check_schedule
+from .data import check_bos
 from .errors import PqqpError
 from .evaluate.lmeval import parse_metric
 from .evaluate.throughput import ThroughputSettings
@@ -42,19 +43,25 @@ QUANTIZED = ("w", "a", "kv")
 class GateRule:
     """When the CI gate calls a case regressed for one metric (applied in `gate.py`; either may be None).
 
-    rel_tol: the metric may get worse than the baseline by this fraction of it (0.02: 2%), plus the seed
-    noise allowance; min_recovery: the case must keep this fraction of the dense model's quality (0.9:
-    ppl <= dense/0.9), judged only where the baseline met it.
+    rel_tol: the metric may get worse than the baseline by this fraction of it (0.02: 2%), plus the noise
+    allowance; min_recovery: the case must keep this fraction of the dense model's quality (0.9:
+    ppl <= dense/0.9), judged only where the baseline met it; kernel_noise: the relative standard deviation of
+    one value between machines' CPU kernels (benchmarks/kernel_spread.py: the quantizers turn last-bit
+    differences into different roundings), added to the noise allowance for each side.
     """
 
     rel_tol: float | None = 0.02
     min_recovery: float | None = None
+    kernel_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.rel_tol is not None and not (isinstance(self.rel_tol, (int, float)) and 0 <= self.rel_tol < math.inf):
             raise PqqpError(f"gate rel_tol={self.rel_tol!r} is not accepted: a finite fraction >= 0 (0.02 is 2%) or null")
         if self.min_recovery is not None and not 0 < self.min_recovery <= 1:
             raise PqqpError(f"gate min_recovery={self.min_recovery!r} is not accepted: a fraction in (0, 1] or null")
+        if not (isinstance(self.kernel_noise, (int, float)) and 0 <= self.kernel_noise < 1):
+            raise PqqpError(f"gate kernel_noise={self.kernel_noise!r} is not accepted: a relative standard deviation "
+                            f"in [0, 1), e.g. 0.007")
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,7 @@ class Suite:
     calib_samples: int = 32
     eval_tokens: int = 16384
     holdout: float = 0.2
+    bos: str = "auto"  # windows start with BOS: auto (as the tokenizer does), always, never (data.bos_token)
     seeds: tuple[int, ...] = (0,)
     batch_size: int = 1
     device: str = "auto"
@@ -177,7 +185,7 @@ class Suite:
     def settings(self, model: str, **extra: Any) -> Settings:
         """The experiment settings of one model of the grid; `extra` sets or overrides others."""
         values = dict(model=model, corpus=self.corpus, seqlen=self.seqlen, calib_samples=self.calib_samples,
-                      eval_tokens=self.eval_tokens, holdout=self.holdout, seed=self.seeds[0],
+                      eval_tokens=self.eval_tokens, holdout=self.holdout, bos=self.bos, seed=self.seeds[0],
                       batch_size=self.batch_size, device=self.device, offload=self.offload, schedule=self.schedule,
                       prefix_cache=self.prefix_cache, prefix_cache_dir=self.prefix_cache_dir)
         return Settings(**{**values, **extra})
@@ -458,17 +466,19 @@ def coerce(name: str, value: Any) -> Any:
 
 
 def gate_rules(value: Any) -> tuple[tuple[str, GateRule], ...]:
-    """The suite's `gate:` mapping, metric -> {rel_tol, min_recovery}, e.g. `gate: {ppl: {rel_tol: 0.02}}`."""
-    accepted = "accepted a mapping of metric name to {rel_tol: FRACTION, min_recovery: FRACTION}, e.g. {ppl: {rel_tol: 0.02}}"
+    """The suite's `gate:` mapping, metric -> {rel_tol, min_recovery, kernel_noise}, e.g. `gate: {ppl: {rel_tol: 0.02}}`."""
+    accepted = ("accepted a mapping of metric name to {rel_tol: FRACTION, min_recovery: FRACTION, kernel_noise: "
+                "FRACTION}, e.g. {ppl: {rel_tol: 0.02}}")
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise PqqpError(f"bad value gate={value!r} in the suite: {accepted}")
     rules = []
     for metric, rule in sorted(value.items()):
         unknown = sorted(set(rule) - {f.name for f in fields(GateRule)})
         if unknown:
-            raise PqqpError(f"unknown gate key '{unknown[0]}' for metric {metric!r}: accepted rel_tol, min_recovery")
+            raise PqqpError(f"unknown gate key '{unknown[0]}' for metric {metric!r}: accepted rel_tol, min_recovery, "
+                            f"kernel_noise")
         try:
-            numbers = {k: None if v is None else float(v) for k, v in rule.items()}
+            numbers = {k: (0.0 if k == "kernel_noise" else None) if v is None else float(v) for k, v in rule.items()}
         except (TypeError, ValueError):
             raise PqqpError(f"bad value gate.{metric}={rule!r} in the suite: {accepted}") from None
         rules.append((str(metric), GateRule(**numbers)))
@@ -517,6 +527,7 @@ def check_grid(suite: Suite) -> None:
     parse_metric(suite.metric)
     check_mode(suite.offload)
     check_schedule(suite.schedule)
+    check_bos(suite.bos)
     cache_size(suite.prefix_cache)
     if suite.offload != "none" and (suite.metric != "ppl" or suite.throughput):
         raise PqqpError(f"offload={suite.offload!r} evaluates perplexity only: accepted metric ppl and no throughput "

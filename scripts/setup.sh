@@ -7,10 +7,19 @@
 # torch: a machine without an NVIDIA GPU gets the CPU build torch==${PQQP_TORCH_VERSION:-2.13.0} (where PyPI
 # would serve CUDA wheels, point pip at a CPU index first, e.g. PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu);
 # a machine with one gets pip's default (CUDA) build. An installed torch is never replaced.
+#
+# Versions: everything is installed at the versions in constraints.txt (`pip -c`), the environment the
+# committed numbers and leaderboard/baseline.json were computed in, since library releases move quantized
+# perplexities. PQQP_UNLOCKED=1 installs and upgrades without it (then `python scripts/lock.py --write`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-pip_install() { "$PY" -m pip install --quiet --no-input "$@"; }
+if [ "${PQQP_UNLOCKED:-0}" = 1 ]; then
+  echo "setup: PQQP_UNLOCKED=1: installing the newest versions allowed by pyproject.toml, not constraints.txt"
+  pip_install() { "$PY" -m pip install --quiet --no-input --upgrade --upgrade-strategy eager "$@"; }
+else
+  pip_install() { "$PY" -m pip install --quiet --no-input -c constraints.txt "$@"; }
+fi
 
 if ! "$PY" -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then

@@ -15,7 +15,8 @@ torch_pin=$("$PY" -c "import torch; print(torch.__version__)")
 
 if ! "$PY" -c "import importlib.metadata as m; m.version('pqqp-quanto'); m.version('optimum-quanto')" 2>/dev/null; then
   echo "setup_plugins: installing pqqp-quanto and optimum-quanto (torch==$torch_pin kept)"
-  "$PY" -m pip install --quiet --no-input "torch==$torch_pin" -e plugins/optimum-quanto
+  locked=(-c constraints.txt); [ "${PQQP_UNLOCKED:-0}" = 1 ] && locked=()
+  "$PY" -m pip install --quiet --no-input "${locked[@]}" "torch==$torch_pin" -e plugins/optimum-quanto
 fi
 if ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }; then
   start=$(date +%s)

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
+from pqqp_bench.environment import numbers_environment
 from pqqp_bench.measure import Bench
 from pqqp_bench.spec import Recipe
 from pqqp_bench.store import Measurement, Store
@@ -44,6 +45,7 @@ def details(recipe: Recipe, ppl: float, suite: Suite) -> tuple[float, dict]:
         "achieved": achieved, "sparsity_tolerance": 0.01, "structure": [], "window_nll": nll,
         "tokens": windows * predicted, "windows": windows, "seqlen": suite.seqlen,
         "convention": "token-level", "seconds": {"compress": 1.5, "evaluate": 2.0}, "device": "cpu",
+        "environment": numbers_environment(),
     }
 
 
@@ -61,9 +63,13 @@ def fill(bench: Bench, ppl: Perplexity = toy_ppl, skip: Callable[[Recipe], bool]
 
 
 def fake_model(folder: Path) -> str:
-    """A model folder that fingerprints like a real one (a config.json) and is never loaded."""
+    """A model folder that fingerprints like a real one (a config.json) and whose weights are never loaded; its
+    tokenizer (the character one, no BOS) is, for the keys' window start."""
+    from conftest import char_tokenizer
+
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text('{"model_type": "llama"}\n')
+    char_tokenizer().save_pretrained(folder)
     return str(folder)
 
 

@@ -4,12 +4,14 @@ seed noise widens the allowance, a baseline of other weights or another corpus i
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pqqp_bench.cli import main
 from pqqp_bench.errors import PqqpError
@@ -57,7 +59,9 @@ def current_store(setup: dict, ppl, name: str = "current.sqlite", **suite_change
 def test_baseline_records_identity_and_every_case(setup: dict) -> None:
     data = json.loads(setup["baseline"].read_text())
     suite = load_suite(setup["suite"])
-    assert data["corpus"] == "pydoc" and data["split"] == "holdout=0.2,seqlen=32,tokens=256"
+    assert re.fullmatch(r"pydoc:[0-9a-f]{16}", data["corpus"]) and data["split"] == "holdout=0.2,seqlen=32,tokens=256,start=none"
+    assert re.fullmatch(r"\d+\.\d+\.\d+\+code\.[0-9a-f]{12}", data["harness_version"])
+    assert data["environment"]["versions.torch"] == torch.__version__ and data["environment"]["cpu_capability"]
     assert list(data["models"]) == [suite.models[0]] and len(data["models"][suite.models[0]]) == 16
     recipes = {c["recipe"] for c in data["cases"]}
     assert {str(case.recipe) for case in suite.cases()} == recipes
@@ -79,6 +83,27 @@ def test_within_tolerance_passes(setup: dict) -> None:
     code, out = gate(setup["suite"], store, setup["baseline"])
     assert code == 0 and "pqqp gate passed: 0 of" in out, out
     assert gate(setup["suite"], store, setup["baseline"], "--rel-tol", "0.005")[0] == 1  # the flag overrides the suite
+
+
+def test_kernel_noise_widens_the_allowance(setup: dict) -> None:
+    """A 3% change fails at rel_tol 2%, and passes once 1% kernel noise on each side is allowed (2 sigma of
+    sqrt(2) x 1%: 2.9% more)."""
+    store = current_store(setup, worse(PLANTED, 1.03))
+    assert gate(setup["suite"], store, setup["baseline"])[0] == 1
+    code, out = gate(setup["suite"], store, setup["baseline"], "--kernel-noise", "0.01")
+    assert code == 0 and "kernel noise 1%" in out, out
+    assert gate(setup["suite"], store, setup["baseline"], "--kernel-noise", "-0.1")[0] == 2
+
+
+def test_collapsed_cases_are_listed_not_gated(setup: dict) -> None:
+    """A case beyond max_ppl_ratio x dense in the baseline is not gated (its value is rounding chaos): a 50% change
+    there passes, and the report lists it."""
+    store = current_store(setup, worse(PLANTED, 1.5))
+    assert gate(setup["suite"], store, setup["baseline"])[0] == 1
+    code, out = gate(setup["suite"], store, setup["baseline"], "--max-ppl-ratio", "2")
+    assert code == 0, out
+    listed = next(line for line in out.splitlines() if line.startswith("not gated, collapsed in the baseline"))
+    assert PLANTED in listed and "collapsed (not gated)" in out.splitlines()[-1]
 
 
 def test_improvement_is_not_a_regression(setup: dict) -> None:
@@ -132,7 +157,22 @@ def test_baseline_of_another_model_or_corpus_is_refused(setup: dict, field: str,
     code, out = gate(setup["suite"], setup["store"], setup["baseline"])
     line = out.strip().splitlines()[-1]
     assert code == 2 and line.startswith("pqqp: error: baseline") and named in line and "not comparable" in line
-    assert ("'pydoc'" if field == "corpus" else str(setup["tmp"] / "toy")) in line  # and the current value
+    assert ("'pydoc:" if field == "corpus" else str(setup["tmp"] / "toy")) in line  # and the current value
+
+
+def test_other_code_and_environment_are_compared_and_named(setup: dict) -> None:
+    """A baseline computed by other code, other torch kernels and another torch: compared all the same, and the
+    report names each difference with both values."""
+    data = json.loads(setup["baseline"].read_text())
+    data["harness_version"] = "0.0.9+code.000000000000"
+    data["environment"]["cpu_capability"] = "AVX2"
+    data["environment"]["versions.torch"] = "2.0.0"
+    setup["baseline"].write_text(json.dumps(data))
+    code, out = gate(setup["suite"], setup["store"], setup["baseline"])
+    assert code == 0 and "pqqp gate passed" in out, out
+    assert "harness: baseline 0.0.9+code.000000000000, current 0.1.0+code." in out
+    assert f"cpu_capability: baseline AVX2, current {torch.backends.cpu.get_cpu_capability()}" in out
+    assert f"versions.torch: baseline 2.0.0, current {torch.__version__}" in out
 
 
 def test_other_weights_are_refused(setup: dict) -> None:
@@ -147,16 +187,18 @@ def test_other_weights_are_refused(setup: dict) -> None:
 @pytest.mark.parametrize("content, named", [
     (None, "does not exist"),
     ("{not json", "is not valid JSON"),
-    ('{"format": "pqqp-baseline/1", "colour": 1}', "unknown key 'colour'"),
+    ('{"format": "pqqp-baseline/2", "colour": 1}', "unknown key 'colour'"),
+    ('{"format": "pqqp-baseline/1", "suite": "s", "harness_version": "0", "models": {}, "corpus": "c", "split": "s", '
+     '"cases": []}', "has format 'pqqp-baseline/1', not 'pqqp-baseline/2'"),
     ("[1, 2]", "holds a list"),
     ('{"format": "other/9", "suite": "s", "harness_version": "0", "models": {}, "corpus": "c", "split": "s", '
      '"cases": []}', "format 'other/9'"),
-    ('{"format": "pqqp-baseline/1", "suite": "s", "harness_version": "0", "models": {}, "corpus": "c", "split": "s", '
+    ('{"format": "pqqp-baseline/2", "suite": "s", "harness_version": "0", "environment": {}, "models": {}, "corpus": "c", "split": "s", '
      '"cases": []}', "has no cases (a gate against it would compare nothing)"),
-    ('{"format": "pqqp-baseline/1", "suite": "s", "harness_version": "0", "models": {}, "corpus": "c", "split": "s", '
+    ('{"format": "pqqp-baseline/2", "suite": "s", "harness_version": "0", "environment": {}, "models": {}, "corpus": "c", "split": "s", '
      '"cases": [{"model": "m", "recipe": "dense", "metric": "ppl", "seeds": {"-1": 10.0}}, '
      '{"model": "m", "recipe": "dense", "metric": "ppl", "seeds": {"-1": 11.0}}]}', "case 1 repeats 'dense'"),
-    ('{"format": "pqqp-baseline/1", "suite": "s", "harness_version": "0", "models": {}, "corpus": "c", "split": "s", '
+    ('{"format": "pqqp-baseline/2", "suite": "s", "harness_version": "0", "environment": {}, "models": {}, "corpus": "c", "split": "s", '
      '"cases": [{"model": "m", "recipe": "dense", "metric": "ppl", "seeds": {"-1": NaN}}]}', "case 0 needs"),
 ])
 def test_bad_baseline_is_a_one_line_error(setup: dict, content: str | None, named: str) -> None:

@@ -28,6 +28,7 @@ class PerplexityResult:
     window_nll: list[float] = field(repr=False)
     seconds: float = 0.0
     convention: str = CONVENTION
+    bos: str = "none"  # how each window starts: `bos` (the model's BOS token) or `none` (data.bos_label)
 
     @property
     def nll(self) -> float:

@@ -293,5 +293,14 @@ def boolean(text: str) -> bool:
     raise ValueError(text)
 
 
+def grid_mode(text: str) -> str:
+    if text.lower() in GRIDS:
+        return text.lower()
+    raise ValueError(text)
+
+
+GRIDS = ("restricted", "full")  # symmetric weight grids (quantize.symmetric_scale)
+
+
 def clip_mode(text: str) -> str | float:
     return text.lower() if text.lower() in ("mse", "none") else ratio_up_to_one(text)

@@ -26,8 +26,8 @@ from .sparsegpt import OBS_PARAMS
 
 class GPTQTargets:
     def __init__(self, grid: WeightGrid, dynamic: bool, clip: str | float, keep: torch.Tensor | None,
-                 order: torch.Tensor) -> None:
-        self.grid, self.dynamic, self.clip, self.keep, self.order = grid, dynamic, clip, keep, order
+                 order: torch.Tensor, mode: str = "restricted") -> None:
+        self.grid, self.dynamic, self.clip, self.keep, self.order, self.mode = grid, dynamic, clip, keep, order, mode
         self.weight = torch.empty(0)
 
     def start_block(self, start: int, weight: torch.Tensor, block: torch.Tensor, hinv: torch.Tensor) -> None:
@@ -37,7 +37,7 @@ class GPTQTargets:
         original = int(self.order[column])
         if self.dynamic and original % self.grid.group == 0:
             current = torch.cat([block[:, offset:], self.weight[:, self.stop:]], dim=1)[:, : self.grid.group]
-            fitted = fit_grid(current, self.grid.bits, None, self.clip, self.grid.symmetric)
+            fitted = fit_grid(current, self.grid.bits, None, self.clip, self.grid.symmetric, grid=self.mode)
             self.grid.scale[:, original // self.grid.group] = fitted.scale[:, 0]
             self.grid.zero[:, original // self.grid.group] = fitted.zero[:, 0]
         value = self.grid.round(block[:, offset : offset + 1], start=original)[:, 0]
@@ -54,6 +54,9 @@ class GPTQ(Quantizer):
         Param("sym", boolean, True, "true or false", "symmetric grid (false: asymmetric, with a zero point)"),
         Param("actorder", boolean, False, "true or false", "visit columns by decreasing Hessian diagonal"),
     ) + OBS_PARAMS
+    # the damped inverse Hessian's Cholesky factor (float64 inside; benchmarks/vs_gptq_reference.py swaps in the
+    # reference's float32 arithmetic to show the sweeps are otherwise identical)
+    factor = staticmethod(inverse_hessian_factor)
 
     def check(self) -> None:
         super().check()
@@ -68,12 +71,13 @@ class GPTQ(Quantizer):
             order = torch.argsort(torch.diag(hessian), descending=True) if self.values["actorder"] else torch.arange(columns)
             group = self.values["g"]
             dynamic = group is not None and not self.values["actorder"]
-            grid = fit_grid(weight, self.values["w"], group, self.values["clip"], self.values["sym"])
+            grid = fit_grid(weight, self.values["w"], group, self.values["clip"], self.values["sym"], grid=self.values["grid"])
             keep = work.masks.get(name)
-            hinv, dead = inverse_hessian_factor(hessian[order][:, order], self.values["damp"])
+            hinv, dead = self.factor(hessian[order][:, order], self.values["damp"])
             permuted = weight[:, order].clone()
             permuted[:, dead] = 0.0
-            targets = GPTQTargets(grid, dynamic, self.values["clip"], None if keep is None else keep[:, order], order)
+            targets = GPTQTargets(grid, dynamic, self.values["clip"], None if keep is None else keep[:, order], order,
+                                  self.values["grid"])
             result = sweep(permuted, hinv, targets, self.values["block"])
             linear.weight.data.copy_(result[:, torch.argsort(order)])
             work.grids[name] = grid

@@ -1,11 +1,12 @@
 """Fake-quantization grids shared by the quantizers: weights, activations (per token, dynamic) and the KV cache.
 
-Weights and activations use a symmetric signed grid with levels -2^(B-1) .. 2^(B-1)-1 and scale
-`clip * absmax / (2^(B-1)-1)`, so zero is exactly representable and pruned weights stay zero. The KV cache
-uses an asymmetric grid per (token, head), as in QuaRot (Ashkboos et al. 2024, §4).
+Weights and activations use a symmetric signed grid with levels -2^(B-1) .. 2^(B-1)-1, so zero is exactly
+representable and pruned weights stay zero. Its scale is `clip * absmax / (2^(B-1)-1)` (the `restricted` grid:
+the absmax lands on level 2^(B-1)-1, the level -2^(B-1) is used only under clipping), or, for weights with
+`grid=full`, `clip * 2 * absmax / (2^B-1)` (GPTQ's reference quantizer, llm-compressor and compressed-tensors:
+the absmax lands half a level beyond 2^(B-1)-1, and -2^(B-1) is used). The KV cache uses an asymmetric grid
+per (token, head), as in QuaRot (Ashkboos et al. 2024, §4).
 
-Where a recovery stage trains through the quantized model (LoRA), activation and KV rounding pass gradients
-straight through (the STE of Bengio et al. 2013); without a graph to build, they compute exactly what they did.
 """
 
 from __future__ import annotations
@@ -121,25 +122,36 @@ def clip_ratios(clip: str | float, steps: int = 40, max_shrink: float = 0.75) ->
     return [1.0] if clip == "none" else [float(clip)]
 
 
+def symmetric_scale(absmax: torch.Tensor, bits: int, ratio: float, grid: str = "restricted") -> torch.Tensor:
+    """The step of a symmetric B-bit grid clipped at `ratio * absmax`: restricted `/ (2^(B-1)-1)`, full
+    `* 2 / (2^B-1)` (module docstring)."""
+    if grid == "full":
+        return (absmax * ratio).clamp(min=TINY) * 2 / (2**bits - 1)
+    return (absmax * ratio).clamp(min=TINY) / qmax_of(bits)
+
+
 def fit_grid(
-    weight: torch.Tensor, bits: int, group: int | None, clip: str | float = "mse", symmetric: bool = True, norm: float = 2.4
+    weight: torch.Tensor, bits: int, group: int | None, clip: str | float = "mse", symmetric: bool = True,
+    norm: float = 2.4, grid: str = "restricted",
 ) -> WeightGrid:
-    """Per (row, group), the clip ratio whose grid rounds the weights with the least L_norm error.
+    """Per (row, group), the clip ratio whose grid rounds the weights with the least L_norm error; `grid` picks the
+    symmetric grid (restricted or full, `symmetric_scale`).
 
     The search is the hot loop of RTN and of GPTQ's group grids: the ranges are taken once, and |e|^norm is
     computed as exp(norm * log(max(|e|, 1e-12))), about half the cost of a float `pow` on CPU; the floor keeps
-    exact zeros (pruned weights, common) off log's slow path and adds at most 1e-29 per weight.
+    exact zeros (pruned weights, common) off log's slow path and adds at most 1e-29 per weight. Its choice does
+    not move with the CPU's kernels (README, Reproducibility: weight-only RTN agrees to 1e-5 between them).
     """
     weight = weight.float()
     groups = grouped(weight, group)
     best_err = torch.full(groups.shape[:-1], float("inf"), device=weight.device)
     scale = torch.ones_like(best_err)
-    zero = torch.zeros_like(best_err)
+    zero = torch.zeros_like(scale)
     absmax, low, high = groups.abs().amax(dim=-1), groups.amin(dim=-1).clamp(max=0), groups.amax(dim=-1).clamp(min=0)
     qmin, qmax = levels(bits, symmetric)
     for ratio in clip_ratios(clip):
         if symmetric:
-            s, z = (absmax * ratio).clamp(min=TINY) / qmax, torch.zeros_like(absmax)
+            s, z = symmetric_scale(absmax, bits, ratio, grid), torch.zeros_like(absmax)
             rounded = (groups / s.unsqueeze(-1)).round_().clamp_(qmin, qmax).mul_(s.unsqueeze(-1))
         else:
             s = ((high - low) * ratio).clamp(min=TINY) / qmax
@@ -151,9 +163,10 @@ def fit_grid(
     return WeightGrid(bits, scale, zero, groups.shape[-1], symmetric)
 
 
-def quantize_weight(weight: torch.Tensor, bits: int, group: int | None, clip: str | float) -> torch.Tensor:
+def quantize_weight(weight: torch.Tensor, bits: int, group: int | None, clip: str | float,
+                    grid: str = "restricted") -> torch.Tensor:
     """Round-to-nearest of a [out, in] weight onto its symmetric grid, per output channel or group."""
-    return fit_grid(weight, bits, group, clip).round(weight).to(weight.dtype)
+    return fit_grid(weight, bits, group, clip, grid=grid).round(weight).to(weight.dtype)
 
 
 @dataclass(frozen=True)

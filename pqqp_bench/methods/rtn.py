@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ..errors import PqqpError
-from .base import B_ORIG, LayerWork, Method, Param, bits_or_none, clip_mode, positive_int_or_none, ratio_up_to_one
+from .base import (B_ORIG, LayerWork, Method, Param, bits_or_none, clip_mode, grid_mode, positive_int_or_none,
+                   ratio_up_to_one)
 from .quantize import ActivationFakeQuant, enable_kv_quant, fit_grid
 
 BITS = "an integer 2..16, or none"
@@ -25,6 +26,9 @@ class Quantizer(Method):
         Param("kv", bits_or_none, None, BITS, "KV-cache bits: keys after RoPE and values, per token and head"),
         Param("g", positive_int_or_none, None, "a positive group size dividing in_features, or none", "weight group size (none: per output channel)"),
         Param("clip", clip_mode, "mse", "mse, none, or a ratio in (0, 1]", "weight clipping: MSE grid search, none, or a fixed ratio"),
+        Param("grid", grid_mode, "restricted", "restricted or full",
+              "symmetric weight grid: restricted (step absmax/(2^(B-1)-1)) or full (step 2*absmax/(2^B-1), levels "
+              "-2^(B-1)..2^(B-1)-1, as GPTQ's reference and compressed-tensors)"),
         Param("aclip", ratio_up_to_one, 1.0, "a ratio in (0, 1]", "activation clipping ratio"),
     )
 
@@ -71,7 +75,8 @@ class RTN(Quantizer):
 
     def quantize_weights(self, work: LayerWork) -> None:
         for name, linear in work.linears.items():
-            grid = fit_grid(linear.weight.data, self.values["w"], self.values["g"], self.values["clip"])
+            grid = fit_grid(linear.weight.data, self.values["w"], self.values["g"], self.values["clip"],
+                            grid=self.values["grid"])
             weight = grid.round(linear.weight.data)
             mask = work.masks.get(name)
             linear.weight.data.copy_(weight if mask is None else weight * mask)
