@@ -220,8 +220,8 @@ def command_gate(args: argparse.Namespace) -> int:
     from .gate import run_gate, with_overrides
     from .store import Store
 
-    suite = with_overrides(suite_of(args, noise_sigmas=args.noise_sigmas), args.rel_tol, args.min_recovery,
-                           args.kernel_noise)
+    suite = with_overrides(suite_of(args, noise_sigmas=args.noise_sigmas, kernel_noise=args.kernel_noise),
+                           args.rel_tol, args.min_recovery)
     with Store(existing_store(args.store)) as store:
         code, text = run_gate(stored_bench(suite, store, args), args.baseline, update=args.update_baseline)
     print(text)
@@ -437,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fraction of the dense quality a case must keep, e.g. 0.5 (default: the suite's, else off)")
     gate.add_argument("--kernel-noise", type=float, default=None,
                       help="relative std of a value between machines' CPU kernels, added to the noise allowance, e.g. "
-                           "0.007 (default: the suite's gate rule, else 0)")
+                           "0.007 (default: the suite's kernel_noise)")
     gate.add_argument("--noise-sigmas", type=float, default=None,
                       help="noise allowance in standard errors of the seed spread (default: the suite's noise_sigmas)")
     gate.set_defaults(func=command_gate)

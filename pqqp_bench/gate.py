@@ -13,8 +13,8 @@ A case regresses when, per the suite's `gate:` rule for its metric (`GateRule`):
 * `rel_tol`: its mean over the seeds both sides measured is worse than the baseline's by more than
   rel_tol·|baseline| (rel_tol in the metric's own units where the baseline is 0) plus a noise allowance of
   `noise_sigmas` standard errors of the difference of the two means: the seed spread where several seeds were
-  measured, and `kernel_noise` (relative) on each side, for the last-bit differences between machines' CPU
-  kernels that the quantizers turn into other roundings (benchmarks/kernel_spread.py);
+  measured, and the suite's `kernel_noise` (relative) on each side, for the last-bit differences between
+  machines' CPU kernels that the quantizers turn into other roundings (benchmarks/kernel_spread.py);
 * `min_recovery`: it kept less than that fraction of the dense model's quality (ppl: dense/ppl; accuracy:
   acc/dense) while the baseline kept at least that much.
 
@@ -258,7 +258,7 @@ def dense_means(snap: Snapshot) -> dict[tuple[str, str], float]:
 
 
 def judge(case: CaseId, base: Values, cur: Values, rule: GateRule, sigmas: float,
-          dense: tuple[float | None, float | None]) -> Finding | None:
+          dense: tuple[float | None, float | None], kernel_noise: float = 0.0) -> Finding | None:
     """One case under `rule`; `dense` holds the dense model's (baseline, current) value for min_recovery.
     None where the two sides share no seed (then the case counts as missing)."""
     seeds = set(base.seeds) & set(cur.seeds)
@@ -268,7 +268,7 @@ def judge(case: CaseId, base: Values, cur: Values, rule: GateRule, sigmas: float
     sign = 1.0 if higher_is_better(case[2]) else -1.0
     scale = abs(b) if b else 1.0  # a zero baseline (an accuracy of 0) is compared in the metric's own units
     worse = sign * (b - c) / scale
-    kernels = (rule.kernel_noise ** 2) * (b * b + c * c) / len(seeds)  # each side's mean, one kernel draw per seed
+    kernels = (kernel_noise ** 2) * (b * b + c * c) / len(seeds)  # each side's mean, one kernel draw per seed
     noise = sigmas * math.sqrt(base.variance_of_mean(seeds) + cur.variance_of_mean(seeds) + kernels) / scale
     allowed = math.nan if rule.rel_tol is None else rule.rel_tol + noise
     reasons = []
@@ -293,7 +293,7 @@ def compare(base: Snapshot, current: Snapshot, suite: Suite) -> Outcome:
             continue
         found = current.cases.get(case)
         finding = None if found is None else judge(case, values, found, suite.gate_rule(case[2]), suite.noise_sigmas,
-                                                   (dense, dense_c.get((case[0], case[2]))))
+                                                   (dense, dense_c.get((case[0], case[2]))), suite.kernel_noise)
         if finding is None:
             missing.append(case)
         else:
@@ -308,9 +308,9 @@ def describe_rules(suite: Suite, metrics: set[str]) -> str:
         r = suite.gate_rule(metric)
         tol = "off" if r.rel_tol is None else f"{100 * r.rel_tol:g}%"
         rec = "off" if r.min_recovery is None else f"{100 * r.min_recovery:g}% of dense"
-        kernels = f", kernel noise {100 * r.kernel_noise:g}%" if r.kernel_noise else ""
-        rules.append(f"{metric}: rel_tol {tol}, min_recovery {rec}{kernels}")
-    return "; ".join(rules) + f"; noise allowance {suite.noise_sigmas:g} sigma of the seed spread and kernel noise"
+        rules.append(f"{metric}: rel_tol {tol}, min_recovery {rec}")
+    kernels = f", kernel noise {100 * suite.kernel_noise:g}%" if suite.kernel_noise else ""
+    return "; ".join(rules) + f"; noise allowance {suite.noise_sigmas:g} sigma of the seed spread{kernels}"
 
 
 def render(outcome: Outcome, suite: Suite, base_path: Path, notes: list[str] = ()) -> str:
@@ -340,11 +340,9 @@ def render(outcome: Outcome, suite: Suite, base_path: Path, notes: list[str] = (
     return "\n".join(lines)
 
 
-def with_overrides(suite: Suite, rel_tol: float | None = None, min_recovery: float | None = None,
-                   kernel_noise: float | None = None) -> Suite:
+def with_overrides(suite: Suite, rel_tol: float | None = None, min_recovery: float | None = None) -> Suite:
     """The suite with command-line gate settings applied to every metric's rule (None: keep the suite's)."""
-    given = {k: v for k, v in (("rel_tol", rel_tol), ("min_recovery", min_recovery), ("kernel_noise", kernel_noise))
-             if v is not None}
+    given = {k: v for k, v in (("rel_tol", rel_tol), ("min_recovery", min_recovery)) if v is not None}
     if not given:
         return suite
     metrics = {m for m, _ in suite.gate} | {"ppl"}

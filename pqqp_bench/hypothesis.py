@@ -622,6 +622,13 @@ class Paired:
             return values.mean(axis=1)
         return np.take_along_axis(values, seeds % values.shape[1], axis=1).mean(axis=1)
 
+    def metrics(self) -> tuple[float, float]:
+        """M(first) and M(second) on the full data, each the mean over seeds."""
+        def metric(side: tuple[np.ndarray, ...]) -> float:
+            with np.errstate(over="ignore", invalid="ignore"):
+                return float(np.mean([self.statistic(np.array([s[:, 0].sum() / s[:, 1].sum()]))[0] for s in side]))
+        return metric(self.first), metric(self.second)
+
 
 def _neg_exp(r: np.ndarray) -> np.ndarray:
     return -np.exp(r)
@@ -658,10 +665,15 @@ def _checked(first: tuple[np.ndarray, ...], second: tuple[np.ndarray, ...], stat
     return Paired(first, second, statistic)
 
 
-def bootstrap_advantages(pairs: Sequence[Paired], *, resamples: int = 2000, seed: int = 0) -> np.ndarray:
+def bootstrap_advantages(pairs: Sequence[Paired], *, resamples: int = 2000, seed: int = 0,
+                         kernel_noise: float = 0.0) -> np.ndarray:
     """[resamples, points] replicates of every point's A from one shared resampling of units (and seeds).
 
     All points must be measured on the same number of units (the same windows). Deterministic given `seed`.
+    `kernel_noise` k (relative) adds what another machine's CPU kernels would change (benchmarks/kernel_spread.py:
+    the quantizers round last-bit differences differently): each order's metric M gets an independent normal draw
+    of sd k·|M| per replicate, so A gets k·hypot(M1, M2), scaled by sqrt((n-1)/n) so that `inflated_stderr` gives it
+    back exactly.
     """
     _integer("resamples", resamples, 2)
     if not pairs:
@@ -675,7 +687,11 @@ def bootstrap_advantages(pairs: Sequence[Paired], *, resamples: int = 2000, seed
     index = rng.integers(0, n, size=(int(resamples), n))
     n_seeds = max(len(p.first) for p in pairs)
     seeds = rng.integers(0, n_seeds, size=(int(resamples), n_seeds)) if n_seeds > 1 else None
-    return np.column_stack([p.advantage(index, seeds) for p in pairs])
+    replicates = np.column_stack([p.advantage(index, seeds) for p in pairs])
+    if kernel_noise:
+        spread = np.array([kernel_noise * math.hypot(*p.metrics()) for p in pairs]) * math.sqrt((n - 1) / n)
+        replicates = replicates + rng.standard_normal(replicates.shape) * spread
+    return replicates
 
 
 def inflated_stderr(replicates: np.ndarray, units: int) -> np.ndarray:
@@ -816,11 +832,12 @@ class Judged:
 
 
 def judge(points: Sequence[Point], pairs: Sequence[Paired | None], *, sigmas: float = 2.0, resamples: int = 2000,
-          seed: int = 0, level: float = 0.05) -> Judged:
+          seed: int = 0, level: float = 0.05, kernel_noise: float = 0.0) -> Judged:
     """Judge one test: A non-decreasing in x (Theorem 2) with the three verdicts of this section.
 
     `pairs[i]` holds point i's evaluation units; None where A is exactly 0 by construction (a recipe compared
-    with itself) or the point collapsed. Collapsed points are shown and not judged (App. D.6).
+    with itself) or the point collapsed. Collapsed points are shown and not judged (App. D.6). `kernel_noise`:
+    `bootstrap_advantages`.
     """
     points, sigmas = list(points), _finite("sigmas", sigmas)
     if sigmas < 0:
@@ -829,7 +846,7 @@ def judge(points: Sequence[Point], pairs: Sequence[Paired | None], *, sigmas: fl
         raise PqqpError(f"{len(pairs)} paired measurements for {len(points)} points: one per point is required")
     judged = [i for i, pt in enumerate(points) if not pt.collapsed]
     with_data = [i for i in judged if pairs[i] is not None]
-    boot = bootstrap_advantages([pairs[i] for i in with_data], resamples=resamples, seed=seed)
+    boot = bootstrap_advantages([pairs[i] for i in with_data], resamples=resamples, seed=seed, kernel_noise=kernel_noise)
     units = pairs[with_data[0]].units if with_data else 2
     replicates = np.full((int(resamples), len(points)), math.nan)
     replicates[:, judged] = 0.0

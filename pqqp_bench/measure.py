@@ -393,7 +393,7 @@ class Bench:
                                      a[0].details["seqlen"] - 1)
         else:
             paired = sample_pair(self.suite.metric, [m.details["samples"] for m in a], [m.details["samples"] for m in b])
-        boot = bootstrap_advantages([paired], resamples=self.suite.bootstrap)
+        boot = bootstrap_advantages([paired], resamples=self.suite.bootstrap, kernel_noise=self.suite.kernel_noise)
         low, high = (float(v) for v in np.percentile(boot[:, 0], [2.5, 97.5]))
         stderr = float(inflated_stderr(boot, paired.units)[0])
         return Estimate(float(paired.advantage()[0]), stderr, low, high), paired, values_first, values_second
@@ -431,7 +431,8 @@ class Bench:
     def judge(self, points: Sequence[Point], pairs: Sequence[Paired | None]) -> Judged:
         """The three verdicts of `hypothesis.judge` under the suite's noise settings."""
         s = self.suite
-        return judge(points, pairs, sigmas=s.noise_sigmas, resamples=s.bootstrap, level=s.level)
+        return judge(points, pairs, sigmas=s.noise_sigmas, resamples=s.bootstrap, level=s.level,
+                     kernel_noise=s.kernel_noise)
 
     def judged(self, specs: Sequence[PointSpec]) -> tuple[Judged, list[dict]]:
         """Hypothesis 1 over these points (one p, or pooled over p): the joint-bootstrap verdict, and each point's

@@ -75,6 +75,8 @@ GRID_OPTIONS = {
     "curve_bits": "bit widths of the quantization curve the CER interpolates on",
     "max_ppl_ratio": "practical regime: points with a ppl above this multiple of dense are reported, not tested",
     "noise_sigmas": "a monotonicity violation must exceed this many standard errors of the A difference",
+    "kernel_noise": "relative std of a measured value between machines' CPU kernels (benchmarks/kernel_spread.py), "
+                    "added to every A in the verdicts and to both sides in the gate, e.g. 0.007 (0: off)",
     "bootstrap": "paired-bootstrap resamples for the noise of A",
     "level": "one-sided level of the hypothesis tests' verdicts (supported / violated / inconclusive), e.g. 0.05",
     "throughput_recipes": "throughput: recipes whose tokens/s is measured, e.g. 'sleb:p=0.2;rtn:w=8,a=8' (';'-separated)",
@@ -122,9 +124,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="with --pqqp-gate: write the store's values as the new baseline instead of comparing")
     group.addoption("--pqqp-rel-tol", type=float, default=None,
                     help="gate: allowed relative worsening per case, e.g. 0.02 (default: the suite's gate rule)")
-    group.addoption("--pqqp-kernel-noise", type=float, default=None,
-                    help="gate: relative std of a value between machines' CPU kernels, added to the noise allowance "
-                         "(default: the suite's gate rule)")
     group.addoption("--pqqp-min-recovery", type=float, default=None,
                     help="gate: fraction of the dense quality a case must keep, e.g. 0.5 (default: the suite's)")
 
@@ -318,8 +317,7 @@ def gate(config: pytest.Config) -> tuple[int, str]:
     from .store import Store
 
     try:
-        suite = with_overrides(suite_of(config), config.getoption("pqqp_rel_tol"), config.getoption("pqqp_min_recovery"),
-                               config.getoption("pqqp_kernel_noise"))
+        suite = with_overrides(suite_of(config), config.getoption("pqqp_rel_tol"), config.getoption("pqqp_min_recovery"))
         path = store_path(config)
         if not path.is_file():
             raise PqqpError(f"store {str(path)!r} does not exist: the gate needs the results of `pytest suites/`")

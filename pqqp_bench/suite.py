@@ -45,23 +45,17 @@ class GateRule:
 
     rel_tol: the metric may get worse than the baseline by this fraction of it (0.02: 2%), plus the noise
     allowance; min_recovery: the case must keep this fraction of the dense model's quality (0.9:
-    ppl <= dense/0.9), judged only where the baseline met it; kernel_noise: the relative standard deviation of
-    one value between machines' CPU kernels (benchmarks/kernel_spread.py: the quantizers turn last-bit
-    differences into different roundings), added to the noise allowance for each side.
+    ppl <= dense/0.9), judged only where the baseline met it.
     """
 
     rel_tol: float | None = 0.02
     min_recovery: float | None = None
-    kernel_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.rel_tol is not None and not (isinstance(self.rel_tol, (int, float)) and 0 <= self.rel_tol < math.inf):
             raise PqqpError(f"gate rel_tol={self.rel_tol!r} is not accepted: a finite fraction >= 0 (0.02 is 2%) or null")
         if self.min_recovery is not None and not 0 < self.min_recovery <= 1:
             raise PqqpError(f"gate min_recovery={self.min_recovery!r} is not accepted: a fraction in (0, 1] or null")
-        if not (isinstance(self.kernel_noise, (int, float)) and 0 <= self.kernel_noise < 1):
-            raise PqqpError(f"gate kernel_noise={self.kernel_noise!r} is not accepted: a relative standard deviation "
-                            f"in [0, 1), e.g. 0.007")
 
 
 @dataclass(frozen=True)
@@ -169,6 +163,9 @@ class Suite:
     curve_bits: tuple[int, ...] = (3, 4, 5, 6, 8)
     max_ppl_ratio: float = 3.0
     noise_sigmas: float = 2.0
+    # relative std of one measured value between machines' CPU kernels (benchmarks/kernel_spread.py): added to every
+    # point's A in the verdicts and to both sides in the gate (hypothesis.bootstrap_advantages, gate.judge)
+    kernel_noise: float = 0.0
     bootstrap: int = 2000
     level: float = 0.05  # one-sided test level of the hypothesis verdicts (hypothesis.judge)
     interference: bool = False
@@ -466,19 +463,17 @@ def coerce(name: str, value: Any) -> Any:
 
 
 def gate_rules(value: Any) -> tuple[tuple[str, GateRule], ...]:
-    """The suite's `gate:` mapping, metric -> {rel_tol, min_recovery, kernel_noise}, e.g. `gate: {ppl: {rel_tol: 0.02}}`."""
-    accepted = ("accepted a mapping of metric name to {rel_tol: FRACTION, min_recovery: FRACTION, kernel_noise: "
-                "FRACTION}, e.g. {ppl: {rel_tol: 0.02}}")
+    """The suite's `gate:` mapping, metric -> {rel_tol, min_recovery}, e.g. `gate: {ppl: {rel_tol: 0.02}}`."""
+    accepted = "accepted a mapping of metric name to {rel_tol: FRACTION, min_recovery: FRACTION}, e.g. {ppl: {rel_tol: 0.02}}"
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise PqqpError(f"bad value gate={value!r} in the suite: {accepted}")
     rules = []
     for metric, rule in sorted(value.items()):
         unknown = sorted(set(rule) - {f.name for f in fields(GateRule)})
         if unknown:
-            raise PqqpError(f"unknown gate key '{unknown[0]}' for metric {metric!r}: accepted rel_tol, min_recovery, "
-                            f"kernel_noise")
+            raise PqqpError(f"unknown gate key '{unknown[0]}' for metric {metric!r}: accepted rel_tol, min_recovery")
         try:
-            numbers = {k: (0.0 if k == "kernel_noise" else None) if v is None else float(v) for k, v in rule.items()}
+            numbers = {k: None if v is None else float(v) for k, v in rule.items()}
         except (TypeError, ValueError):
             raise PqqpError(f"bad value gate.{metric}={rule!r} in the suite: {accepted}") from None
         rules.append((str(metric), GateRule(**numbers)))
@@ -547,6 +542,9 @@ def check_grid(suite: Suite) -> None:
         raise PqqpError(f"max_ppl_ratio={suite.max_ppl_ratio} is not accepted: a ratio to the dense perplexity > 1")
     if not (isinstance(suite.level, (int, float)) and 0 < suite.level < 0.5):
         raise PqqpError(f"level={suite.level!r} is not accepted: a one-sided test level 0 < level < 0.5, e.g. 0.05")
+    if not (isinstance(suite.kernel_noise, (int, float)) and 0 <= suite.kernel_noise < 1):
+        raise PqqpError(f"kernel_noise={suite.kernel_noise!r} is not accepted: a relative standard deviation in [0, 1), "
+                        f"e.g. 0.007 (0: off)")
     if not (isinstance(suite.noise_sigmas, (int, float)) and 0 <= suite.noise_sigmas < math.inf) or suite.bootstrap < 2:
         raise PqqpError(f"noise_sigmas={suite.noise_sigmas}, bootstrap={suite.bootstrap}: accepted sigmas >= 0 and "
                         f"at least 2 bootstrap resamples")

@@ -293,3 +293,19 @@ def test_metric_direction_and_recovery() -> None:
     assert oriented("ppl", 12.5) == -12.5 and oriented("acc", 0.7) == 0.7
     assert recovery("ppl", 20.0, 10.0) == 0.5 and recovery("acc", 0.3, 0.6) == 0.5
     assert recovery("ppl", math.inf, 10.0) == 0.0
+
+
+def test_kernel_noise_adds_its_predicted_error_to_every_point() -> None:
+    """With windows that carry no sampling noise (every window the same), A's bootstrap error is the kernel noise
+    alone: k·hypot(ppl1, ppl2), and it is deterministic given the seed."""
+    from pqqp_bench.hypothesis import bootstrap_advantages, inflated_stderr, perplexity_pair
+
+    windows, tokens = 16, 63
+    first = [[math.log(12.0) * tokens] * windows]
+    second = [[math.log(15.0) * tokens] * windows]
+    pair = perplexity_pair(first, second, tokens)
+    assert inflated_stderr(bootstrap_advantages([pair], resamples=4000), windows)[0] == pytest.approx(0.0, abs=1e-9)
+    noisy = bootstrap_advantages([pair], resamples=4000, kernel_noise=0.01)
+    assert inflated_stderr(noisy, windows)[0] == pytest.approx(0.01 * math.hypot(12.0, 15.0), rel=0.05)
+    assert np.array_equal(noisy, bootstrap_advantages([pair], resamples=4000, kernel_noise=0.01))
+    assert noisy.mean() == pytest.approx(3.0, abs=0.02)  # A = M(first) - M(second) = -12 + 15
