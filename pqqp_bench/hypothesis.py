@@ -614,20 +614,22 @@ class Paired:
         for a, b in zip(self.first, self.second):
             if index is not None:
                 a, b = a[index], b[index]
-            r_a, r_b = a[..., 0].sum(-1) / a[..., 1].sum(-1), b[..., 0].sum(-1) / b[..., 1].sum(-1)
-            with np.errstate(over="ignore", invalid="ignore"):
-                per_seed.append(np.atleast_1d(self.statistic(r_a) - self.statistic(r_b)))
+            with np.errstate(invalid="ignore"):  # both orders overflowed: inf - inf is nan, as a collapse
+                per_seed.append(np.atleast_1d(self.metric(a) - self.metric(b)))
         values = np.stack(per_seed, axis=-1)  # [R or 1, seeds]
         if seeds is None or index is None:
             return values.mean(axis=1)
         return np.take_along_axis(values, seeds % values.shape[1], axis=1).mean(axis=1)
 
+    def metric(self, units: np.ndarray) -> np.ndarray:
+        """M of one recipe from its [..., units, 2] (value, weight) array: statistic(sum(value) / sum(weight))."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self.statistic(units[..., 0].sum(-1) / units[..., 1].sum(-1))
+
     def metrics(self) -> tuple[float, float]:
         """M(first) and M(second) on the full data, each the mean over seeds."""
-        def metric(side: tuple[np.ndarray, ...]) -> float:
-            with np.errstate(over="ignore", invalid="ignore"):
-                return float(np.mean([self.statistic(np.array([s[:, 0].sum() / s[:, 1].sum()]))[0] for s in side]))
-        return metric(self.first), metric(self.second)
+        return (float(np.mean([self.metric(s) for s in self.first])),
+                float(np.mean([self.metric(s) for s in self.second])))
 
 
 def _neg_exp(r: np.ndarray) -> np.ndarray:

@@ -7,6 +7,8 @@ the absmax lands on level 2^(B-1)-1, the level -2^(B-1) is used only under clipp
 the absmax lands half a level beyond 2^(B-1)-1, and -2^(B-1) is used). The KV cache uses an asymmetric grid
 per (token, head), as in QuaRot (Ashkboos et al. 2024, §4).
 
+Where a recovery stage trains through the quantized model (LoRA), activation and KV rounding pass gradients
+straight through (the STE of Bengio et al. 2013); without a graph to build, they compute exactly what they did.
 """
 
 from __future__ import annotations
