@@ -12,7 +12,7 @@ import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from tabulate import tabulate
 from transformers.utils import logging as hf_logging
@@ -24,6 +24,7 @@ from .errors import PqqpError
 from .experiment import CaseResult, Experiment, Settings
 from .methods import registry
 from .models import available_models
+from .paths import output_file, output_folder, same_file, write_text
 from .ray_runner import ADDRESSES, LOCAL
 from .spec import parse_recipe
 from .store import default_store_path
@@ -146,6 +147,8 @@ def command_suite(args: argparse.Namespace) -> int:
     from .store import Store
 
     suite = suite_of(args)
+    if args.json:
+        output_file("--json", args.json, [args.store, args.suite, *suite_inputs(suite)])
     with Store(args.store) as store:
         bench = Bench(suite, store, refresh=args.refresh, progress=not args.no_progress, cache_dir=args.cache_dir,
                       trust_remote_code=args.trust_remote_code, vllm_venv=args.vllm_venv)
@@ -193,6 +196,11 @@ def existing_store(path: str) -> str:
     return path
 
 
+def suite_inputs(suite: "Suite") -> list[str]:
+    """The files a suite reads (its models and corpus, where they are paths): never an output."""
+    return [*suite.models, suite.corpus]
+
+
 def stored_bench(suite: "Suite", store: "Store", args: argparse.Namespace) -> "Bench":
     """A lookup-only bench over the suite's stored measurements: reports and the gate never compute."""
     from .measure import Bench
@@ -209,6 +217,7 @@ def command_leaderboard(args: argparse.Namespace) -> int:
              if k in (*SUITE_KEYS, *GRID_FLAGS, "model", "seed") and v is not None]
     command = " ".join(["pqqp leaderboard", f"--suite {args.suite} --store {args.store} --out {args.out}", *given])
     suite = suite_of(args)
+    output_folder("--out", args.out)
     with Store(existing_store(args.store)) as store:
         for path in build(stored_bench(suite, store, args), Path(args.out), command):
             print(f"wrote {path}")
@@ -222,6 +231,8 @@ def command_gate(args: argparse.Namespace) -> int:
 
     suite = with_overrides(suite_of(args, noise_sigmas=args.noise_sigmas, kernel_noise=args.kernel_noise),
                            args.rel_tol, args.min_recovery)
+    if args.update_baseline:
+        output_file("--baseline", args.baseline, [args.store, args.suite, *suite_inputs(suite)])
     with Store(existing_store(args.store)) as store:
         code, text = run_gate(stored_bench(suite, store, args), args.baseline, update=args.update_baseline)
     print(text)
@@ -231,6 +242,8 @@ def command_gate(args: argparse.Namespace) -> int:
 def command_import(args: argparse.Namespace) -> int:
     from .store import Store
 
+    if Path(args.file).exists() and Path(args.store).exists() and same_file(args.file, args.store):
+        raise PqqpError(f"measurements file {args.file!r} is the store itself: accepted a `pqqp export --json` file")
     with Store(args.store) as store:
         added, kept = store.import_json(args.file)
     print(f"{added} measurements added to {args.store}, {kept} already stored")
@@ -240,6 +253,13 @@ def command_import(args: argparse.Namespace) -> int:
 def command_export(args: argparse.Namespace) -> int:
     from .store import Store
 
+    if not args.json and not args.csv:
+        raise PqqpError("nothing to export: give --json FILE and/or --csv FILE")
+    if args.json and args.csv and same_file(args.json, args.csv):
+        raise PqqpError(f"--json and --csv name one file {args.json!r}: accepted two different paths")
+    for flag, path in (("--json", args.json), ("--csv", args.csv)):
+        if path:
+            output_file(flag, path, [args.store])
     with Store(existing_store(args.store)) as store:
         for path, write in ((args.json, store.export_json), (args.csv, store.export_csv)):
             if path:
@@ -261,7 +281,10 @@ def command_run(args: argparse.Namespace) -> int:
         recipes += [r.reversed() for r in recipes if len(r.stages) > 1 and r.reversed() not in recipes]
     if args.dense and all(r.stages for r in recipes):
         recipes.insert(0, parse_recipe("dense"))
-    experiment = Experiment(settings_from(args))
+    settings = settings_from(args)
+    if args.json:
+        output_file("--json", args.json, [settings.model, settings.corpus])
+    experiment = Experiment(settings)
     s = experiment.settings
     print(f"model {s.model} ({experiment.loaded.source}) on {experiment.device}; corpus {experiment.corpus.name}: "
           f"{experiment.corpus.split}; windows start with "
@@ -279,7 +302,7 @@ def command_run(args: argparse.Namespace) -> int:
     if args.json:
         payload = {"settings": s.__dict__, "model_fingerprint": experiment.loaded.fingerprint,
                    "results": [c.summary() for c in results]}
-        Path(args.json).write_text(json.dumps(payload, indent=1))
+        write_text(args.json, json.dumps(payload, indent=1))
     return 0
 
 
@@ -299,14 +322,11 @@ def command_order(args: argparse.Namespace) -> int:
     from .store import Store
     from .suite import OrderSearch, OrderSpec, Suite, coerce
 
-    methods = parse_method_set(args.methods)  # a bad set fails before anything loads
-    d = Settings()
-    suite = Suite(name="order", models=(args.model or d.model,), corpus=args.corpus or d.corpus,
-                  seqlen=args.seqlen or d.seqlen, calib_samples=args.calib_samples or d.calib_samples,
-                  eval_tokens=args.eval_tokens or d.eval_tokens, holdout=d.holdout if args.holdout is None else args.holdout,
-                  bos=args.bos or d.bos,
-                  seeds=(d.seed if args.seed is None else args.seed,), batch_size=args.batch_size or d.batch_size,
-                  device=args.device or d.device, pruners=(), quantizers=(), ratios=(), bits=(),
+    methods = parse_method_set(args.methods)  # a bad set or setting fails before anything loads
+    d = settings_from(args)
+    suite = Suite(name="order", models=(d.model,), corpus=d.corpus, seqlen=d.seqlen, calib_samples=d.calib_samples,
+                  eval_tokens=d.eval_tokens, holdout=d.holdout, bos=d.bos, seeds=(d.seed,), batch_size=d.batch_size,
+                  device=d.device, pruners=(), quantizers=(), ratios=(), bits=(),
                   curve_bits=coerce("curve_bits", args.curve_bits), order_search=OrderSearch((methods,), args.reference))
     spec = OrderSpec(suite, suite.models[0], methods)
     curve = list(suite.curve(args.reference).values())
@@ -380,8 +400,16 @@ def command_lm_eval(argv: list[str]) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are the harness's one line (`pqqp: error: ...`, exit 2), not usage text and a
+    second line; its sub-command parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        raise PqqpError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pqqp", description="Benchmark the order of pruning and quantization.")
+    parser = Parser(prog="pqqp", description="Benchmark the order of pruning and quantization.")
     parser.add_argument("--version", action="version", version=f"pqqp-bench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="compress with recipes and measure perplexity")
@@ -474,7 +502,11 @@ def main(argv: list[str] | None = None) -> int:
         except PqqpError as exc:
             print(f"pqqp: error: {exc}", file=sys.stderr)
             return 2
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except PqqpError as exc:
+        print(f"pqqp: error: {exc}", file=sys.stderr)
+        return 2
     if getattr(args, "threads", None) is not None:
         if args.threads < 1:
             print(f"pqqp: error: --threads {args.threads} is not accepted: use a positive integer", file=sys.stderr)
@@ -489,6 +521,15 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except PqqpError as exc:
         print(f"pqqp: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\npqqp: interrupted: every measurement finished before it is stored; the same command resumes from "
+              "them", file=sys.stderr)
+        return 130
+    except OSError as exc:  # a full disk, a read-only or vanished path: the environment, not a bug
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"pqqp: error: cannot write or read{where}: {exc.strerror or exc}; every measurement finished before "
+              f"is stored: free space or choose a writable path and run again", file=sys.stderr)
         return 2
     finally:
         if quiet:

@@ -167,6 +167,9 @@ def file_text(path: Path) -> Texts:
         content = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise PqqpError(f"corpus file {path} is not UTF-8 text (byte {exc.start}): accepted UTF-8 .txt or .jsonl") from None
+    if "\x00" in content:
+        raise PqqpError(f"corpus file {path} holds NUL bytes (first at character {content.index(chr(0))}): accepted "
+                        f"UTF-8 text, not a binary file")
     text = "\n\n".join(jsonl_rows(path, content)) if path.suffix == ".jsonl" else content
     if not text.strip():
         raise PqqpError(f"corpus file {path} is empty: it needs text to calibrate and evaluate on")

@@ -13,45 +13,14 @@ from pathlib import Path
 
 import torch
 
-from .compress import CompressionReport, CompressionState, check_schedule, compress, cut_points, keeps_reference
-from .data import DEFAULT_CORPUS, DEFAULT_HOLDOUT, Corpus, bos_label, check_bos, load_corpus
+from .compress import CompressionReport, CompressionState, compress, cut_points, keeps_reference
+from .data import Corpus, bos_label, load_corpus
 from .errors import PqqpError
 from .evaluate import PerplexityResult, layerwise_perplexity, perplexity
-from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .models import LoadedModel, load_model
 from .prefixes import PrefixCache, cache_size, prefix_key
+from .settings import Settings
 from .spec import Recipe, parse_recipe
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Every knob of an experiment; the CLI flags and pytest options map onto these one to one."""
-
-    model: str = DEFAULT_MODEL
-    corpus: str = DEFAULT_CORPUS
-    seqlen: int = 512
-    calib_samples: int = 32
-    eval_tokens: int = 16384
-    holdout: float = DEFAULT_HOLDOUT
-    bos: str = "auto"  # windows start with BOS: auto (as the tokenizer does), always, never (data.bos_token)
-    seed: int = 0
-    batch_size: int = 1
-    device: str = "auto"
-    offload: str = "none"  # none, cpu, disk: where the decoder blocks live between their turns (offload.py)
-    schedule: str = "staged"  # staged (one pass per stage, paper §2) or fused (compress.passes)
-    prefix_cache: float = 2.0  # GiB of compressed recipe prefixes kept for reuse (prefixes.py); 0 turns it off
-    prefix_cache_dir: str | None = None  # also keep them there, as safetensors + JSON (shared by workers, kept)
-    cache_dir: str | None = None
-    trust_remote_code: bool = False
-    progress: bool = True
-
-    def resolved_device(self) -> str:
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise PqqpError(f"device {self.device!r} asked for, but torch sees no CUDA device: accepted auto, cpu")
-        if not self.device.startswith(("cpu", "cuda")):
-            raise PqqpError(f"unknown device {self.device!r}: accepted auto, cpu, cuda, cuda:N")
-        return self.device
 
 
 @dataclass
@@ -80,21 +49,12 @@ class CaseResult:
         }
 
 
-def check_positive(name: str, value: int) -> None:
-    if value < 1:
-        raise PqqpError(f"{name}={value} is not accepted: give a positive integer")
-
-
 class Experiment:
     """A loaded model and corpus with fixed calibration samples and evaluation windows."""
 
     def __init__(self, settings: Settings) -> None:
-        for name in ("seqlen", "calib_samples", "eval_tokens", "batch_size"):
-            check_positive(name, getattr(settings, name))
         self.settings = settings
         self.device = settings.resolved_device()
-        check_schedule(settings.schedule)
-        check_bos(settings.bos)
         # nothing is kept until a grid says which prefixes its cases start from (measure.Bench sets `wanted`)
         self.prefixes = PrefixCache(cache_size(settings.prefix_cache) if settings.offload == "none" else 0.0, wanted={},
                                     folder=Path(settings.prefix_cache_dir).expanduser() if settings.prefix_cache_dir else None)

@@ -40,6 +40,7 @@ from tabulate import tabulate
 from .errors import PqqpError
 from .hypothesis import higher_is_better, is_collapsed_metric, recovery
 from .measure import Bench
+from .paths import write_text
 from .spec import Recipe
 from .suite import GateRule, Suite
 
@@ -191,7 +192,7 @@ def write_baseline(snap: Snapshot, path: str | Path) -> int:
         raise PqqpError(f"no stored measurements of suite {snap.suite!r} to write to baseline {str(path)!r}: "
                         f"accepted a store that holds the suite's results (run `pytest suites/` first)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(snap.as_json(), encoding="utf-8")
+    write_text(path, snap.as_json())
     return len(snap.cases)
 
 

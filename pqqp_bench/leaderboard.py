@@ -35,6 +35,7 @@ from .environment import environment
 from .errors import PqqpError
 from .hypothesis import CER, Point, oriented, quant_ratio
 from .measure import METRIC, Bench, Missing
+from .paths import atomic_write, write_text
 from .ordering import OrderOutcome, summarize
 from .report import (InterferenceVerdict, PipelineVerdict, Verdict, fmt, interference_verdict, order_outcomes,
                      pipeline_verdict, summary_text, trend, verdict)
@@ -538,7 +539,8 @@ def colour(suite: Suite, p: float) -> str:
 
 def save(fig: Any, path: Path) -> None:
     """PNG without the Software stamp, so the bytes depend on the data only."""
-    fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=DPI, metadata={"Software": None})
 
 
 def short_model(model: str) -> str:
@@ -829,7 +831,7 @@ def build(bench: Bench, out: Path, command: str) -> list[Path]:
     texts[DATA] = json.dumps([record(m) for m in suite_measurements(bench, boards)], indent=1) + "\n"
     texts[ENVIRONMENT] = json.dumps(environment(), indent=1) + "\n"
     for name, text in texts.items():
-        (out / name).write_text(text, encoding="utf-8")
+        write_text(out / name, text)
         written.append(out / name)
     for board in boards:
         for kind, plot, _, _ in plots(bench.suite):

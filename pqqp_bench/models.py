@@ -12,17 +12,19 @@ import hashlib
 import importlib.metadata
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .blocks import decoder_blocks
 from .errors import PqqpError
 from .offload import check_mode, load_on_disk
-from .paths import default_cache_dir
+from .paths import default_cache_dir, locked
 
 DEFAULT_MODEL = "smollm2-135m"
 GGUF_MAGIC = b"GGUF"
@@ -92,30 +94,59 @@ def check_gguf(path: Path) -> None:
 
 
 def convert_gguf(path: Path, cache_dir: Path) -> Path:
-    """De-quantize a GGUF file to an fp32 safetensors folder under `cache_dir`, once; returns the folder."""
+    """De-quantize a GGUF file to an fp32 safetensors folder under `cache_dir`, once; returns the folder.
+
+    Concurrent first conversions take turns on a lock file, each writing its own temporary folder renamed into
+    place when complete; a cached folder whose files no longer match what was written (truncated, edited, a
+    corrupt `pqqp.json`) is converted again."""
     check_gguf(path)
     digest = file_digest(path)
     target = cache_dir / "models" / f"{path.stem}-{digest[:12]}"
-    if (target / "pqqp.json").exists():
+    if cached_intact(target, digest):
         return target
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except Exception as exc:  # transformers raises many types for a damaged or unsupported file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PqqpError(f"cannot read GGUF file {path}: {reason}") from None
-    # save_pretrained refuses a model that still carries its GGUF quantizer; the weights are fp32 already.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    (partial / "pqqp.json").write_text(json.dumps({"source": str(path), "gguf_sha256": digest}, indent=1))
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+    locks = cache_dir / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with locked(locks / f"{target.name}.lock"):
+        if cached_intact(target, digest):  # another process converted it while this one waited
+            return target
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        except Exception as exc:  # transformers raises many types for a damaged or unsupported file
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PqqpError(f"cannot read GGUF file {path}: {reason}") from None
+        # save_pretrained refuses a model that still carries its GGUF quantizer; the weights are fp32 already.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.", suffix=".partial", dir=target.parent))
+        try:
+            model.save_pretrained(partial)
+            tokenizer.save_pretrained(partial)
+            files = {p.name: p.stat().st_size for p in sorted(partial.iterdir())}
+            (partial / CACHE_RECORD).write_text(json.dumps({"source": str(path), "gguf_sha256": digest, "files": files},
+                                                           indent=1))
+            shutil.rmtree(target, ignore_errors=True)
+            partial.rename(target)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+CACHE_RECORD = "pqqp.json"
+
+
+def cached_intact(folder: Path, digest: str) -> bool:
+    """Whether a converted folder is complete: its record reads, names the GGUF file's sha256, and every file it
+    lists has the size it was written with (a truncated or rewritten cache entry is converted again)."""
+    try:
+        record = json.loads((folder / CACHE_RECORD).read_text())
+        files = record["files"]
+        return record["gguf_sha256"] == digest and bool(files) and all(
+            (folder / name).stat().st_size == size for name, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def folder_fingerprint(folder: Path) -> str:
@@ -123,7 +154,7 @@ def folder_fingerprint(folder: Path) -> str:
 
     Converted GGUF folders carry the sha256 of their source file instead. Hashing the content of an 8B model
     on every load would cost a minute; a rewritten file gets a new mtime."""
-    meta = folder / "pqqp.json"
+    meta = folder / CACHE_RECORD
     if meta.exists():
         return json.loads(meta.read_text()).get("gguf_sha256", "")[:16]
     items = sorted(
@@ -179,8 +210,8 @@ def load_model(
         else:
             model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as exc:  # missing files / unknown model_type / broken config
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:  # missing or damaged files,
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # unknown model_type, broken config
         raise PqqpError(
             f"cannot load model {name!r} ({source}): {reason}; accepted: {', '.join(EMBEDDED)}, an HF hub id "
             f"(needs the hub or its local cache), a local HF folder, or a .gguf file"

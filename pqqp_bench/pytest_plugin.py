@@ -148,6 +148,16 @@ def pytest_configure(config: pytest.Config) -> None:
             ray_address(config.getoption("pqqp_ray"))
         except PqqpError as exc:
             raise pytest.UsageError(f"pqqp: {exc}") from None
+    if config.getoption("pqqp_suite") or any(config.getoption(f"pqqp_{name}") is not None for name in GRID_OPTIONS):
+        suite_of(config)  # a bad suite or override is a usage error now, in one line, not a collection error
+    if config.getoption("pqqp_store"):
+        from .errors import PqqpError
+        from .store import check_store_file
+
+        try:
+            check_store_file(config.getoption("pqqp_store"))
+        except PqqpError as exc:
+            raise pytest.UsageError(f"pqqp: {exc}") from None
     if config.getoption("pqqp_gate") and not config.getoption("pqqp_update_baseline"):
         from .errors import PqqpError
         from .gate import load_baseline
@@ -351,6 +361,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     store (so `-n 2` workers' results show too), then the gate's report where `--pqqp-gate` was given."""
     if RAY_SUMMARY in config.stash:
         terminalreporter.write_line(f"pqqp-bench: {config.stash[RAY_SUMMARY]}")
+    if exitstatus == pytest.ExitCode.INTERRUPTED and SUITE in config.stash:
+        terminalreporter.write_line(f"pqqp: interrupted: every measurement finished before is stored in "
+                                    f"{store_path(config)}; the same command resumes from them")
+        return
     summary(terminalreporter, config)
     if GATE_REPORT in config.stash:
         terminalreporter.write_sep("=", "pqqp-bench: regression gate")

@@ -103,13 +103,21 @@ def parse_stage(text: str, recipe: str) -> Method:
     return method_class(name.lower()).from_text(raw)
 
 
+MAX_STAGES = 32
+"""The longest recipe accepted: far beyond any published pipeline, short of a typo that runs for an hour."""
+
+
 def parse_recipe(text: str) -> Recipe:
     """Parse a recipe string; errors name the bad token and what is accepted."""
     if not isinstance(text, str):
         raise PqqpError(f"recipe must be a string, got {text!r}")
-    if text.strip().lower() in (DENSE, ""):
+    if not text.strip():
+        raise PqqpError(f"recipe {text!r} is empty: accepted '{DENSE}' or stages such as 'wanda:p=0.3 > rtn:w=4'")
+    if text.strip().lower() == DENSE:
         return Recipe(())
     parts = text.split(">")
+    if len(parts) > MAX_STAGES:
+        raise PqqpError(f"recipe of {len(parts)} stages ({text[:40]!r}...): accepted at most {MAX_STAGES} stages")
     for i, part in enumerate(parts):
         if not part.strip():
             where = "at the start" if i == 0 else ("at the end" if i == len(parts) - 1 else "between two '>'")
@@ -122,4 +130,8 @@ def parse_recipe(text: str) -> Recipe:
                 f"pruned weights and move quantized ones off their grid; accepted: rotations first, e.g. "
                 f"'{stage.canonical()} > {' > '.join(s.canonical() for s in stages if s is not stage)}'"
             )
+    row = sum(s.sparsity for s in stages if s.kind == "prune" and not s.removes_blocks)
+    if row >= 1.0:
+        raise PqqpError(f"the weight pruners of recipe {text!r} remove p = {row:g} of every row together (their ratios "
+                        f"add up): accepted a total below 1")
     return Recipe(stages)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import fcntl
 import hashlib
 import json
 import math
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import PqqpError
+from .paths import atomic_write, locked, write_text
 
 HARNESS_SCHEMA = 1
 APPLICATION_ID = 0x50515150  # 'PQQP'
@@ -163,14 +163,28 @@ def _check_header(path: Path) -> None:
 
 
 def _check_contents(path: Path, timeout: float) -> None:
-    """Through a read-only connection: the file must pass quick_check and have a schema we understand."""
+    """Through a read-only connection: the file must pass quick_check and have the layout we write. A refused
+    file is left as it was: the `-wal` and `-shm` files SQLite creates beside a WAL-mode file are removed again."""
     if not path.exists() or path.stat().st_size == 0:
         return
+    beside = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    new = [p for p in beside if not p.exists()]
+    try:
+        _check_layout(path, timeout)
+    except StoreError:
+        for p in new:
+            p.unlink(missing_ok=True)
+        raise
+
+
+def _check_layout(path: Path, timeout: float) -> None:
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
         try:
             check = conn.execute("PRAGMA quick_check").fetchall()
             (version,) = conn.execute("PRAGMA user_version").fetchone()
+            tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(measurements)"))
         finally:
             conn.close()
     except sqlite3.DatabaseError as e:
@@ -182,18 +196,19 @@ def _check_contents(path: Path, timeout: float) -> None:
             f"results store {path} has schema {version}, newer than this harness's {HARNESS_SCHEMA}; "
             f"upgrade pqqp-bench or {_MOVE_AWAY}"
         )
+    expected = (version == HARNESS_SCHEMA and tables == ["measurements"] and columns == _COLUMNS) \
+        or (version == 0 and not tables)  # a new file, created but not yet initialised
+    if not expected:
+        raise StoreError(f"results store {path} has an unknown layout (schema {version}, tables {tables or 'none'}): "
+                         f"accepted a store this harness wrote; {_MOVE_AWAY}")
 
 
 @contextmanager
 def _flock(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive fcntl.flock on `lock_path` (created if missing, never deleted), blocking."""
+    """Hold an exclusive fcntl.flock on `lock_path` (created with its folder if missing, never deleted), blocking."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with locked(lock_path):
         yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _connect(path: Path, timeout: float) -> sqlite3.Connection:
@@ -241,6 +256,14 @@ def _from_record(path: str | os.PathLike, index: int, record: Any) -> Measuremen
     return Measurement(key, float(record["value"]), record["details"], str(record.get("created") or ""))
 
 
+def check_store_file(path: str | os.PathLike) -> None:
+    """Refuse a path that cannot be a results store (not ours, corrupt, newer, a folder), reading only: what a
+    command checks before any computing."""
+    path = Path(path).expanduser()
+    _check_header(path)
+    _check_contents(path, timeout=120.0)
+
+
 class Store:
     """A results store file; see the module docstring for the design."""
 
@@ -250,6 +273,7 @@ class Store:
         self.path = Path(path).expanduser()
         self.lock_dir = self.path.with_name(self.path.name + ".locks")
         _check_header(self.path)  # before creating anything next to a file that may not be ours
+        _check_contents(self.path, timeout)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _flock(self.lock_dir / _OPEN_LOCK):
             _check_header(self.path)
@@ -269,14 +293,20 @@ class Store:
         row = self._row(measurement)
         verb = "REPLACE" if replace else "IGNORE"
         sql = f"INSERT OR {verb} INTO measurements ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
-        self._conn.execute("BEGIN IMMEDIATE")
         try:
-            inserted = self._conn.execute(sql, row).rowcount == 1
-            self._conn.execute("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                inserted = self._conn.execute(sql, row).rowcount == 1
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:  # a full disk, a read-only file: the value must not be lost unseen
+            raise StoreError(f"cannot store in {self.path} ({exc}): {measurement.key.metric} of "
+                             f"{measurement.key.recipe!r} on {measurement.key.model} = {measurement.value!r} is not "
+                             f"stored; every row stored before is kept: free space or make the store writable and run "
+                             f"again") from None
         return inserted
 
     def query(self, **filters: str | int) -> list[Measurement]:
@@ -295,7 +325,7 @@ class Store:
     def export_json(self, path: str | os.PathLike) -> int:
         """Write all measurements as a JSON list of flat records; returns how many."""
         records = [record(m) for m in self.query()]
-        Path(path).write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+        write_text(path, json.dumps(records, indent=1) + "\n")
         return len(records)
 
     def import_json(self, path: str | os.PathLike) -> tuple[int, int]:
@@ -317,7 +347,7 @@ class Store:
     def export_csv(self, path: str | os.PathLike) -> int:
         """Write one CSV row per measurement (details as a JSON string column); returns how many."""
         measurements = self.query()
-        with open(path, "w", newline="", encoding="utf-8") as f:
+        with atomic_write(path) as f:
             writer = csv.DictWriter(f, fieldnames=[*KEY_FIELDS, "digest", "value", "created", "details"])
             writer.writeheader()
             for m in measurements:

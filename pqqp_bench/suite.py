@@ -446,20 +446,39 @@ def coerce(name: str, value: Any) -> Any:
     if name in TUPLES:
         items = split_list(name, value) if isinstance(value, str) else value
         items = items if isinstance(items, (list, tuple)) else [items]
-        try:
-            return tuple(TUPLES[name](str(v).strip()) for v in items if str(v).strip())
-        except ValueError:
-            raise PqqpError(f"bad value {name}={value!r} in the suite: accepted a list of {TUPLES[name].__name__}") from None
+        if any(isinstance(v, (dict, list, tuple, bool)) or v is None for v in items):
+            raise PqqpError(f"bad value {name}={value!r} in the suite: accepted a list of {TUPLES[name].__name__}")
+        return tuple(scalar(name, v, TUPLES[name].__name__) for v in items if str(v).strip())
     kinds = {f.name: f.type for f in fields(Suite) if f.name != "source"}
     if name not in kinds:
         raise PqqpError(f"unknown suite key '{name}': accepted {', '.join(kinds)}")
     if value is None:
         return None
-    caster = {"int": int, "float": float, "bool": to_bool, "str": str}.get(str(kinds[name]).split(" ")[0])
-    try:
-        return caster(value) if caster else value
-    except ValueError:
-        raise PqqpError(f"bad value {name}={value!r} in the suite: accepted a {kinds[name]}") from None
+    kind = str(kinds[name]).split(" ")[0]
+    if kind == "bool":
+        try:
+            return to_bool(value)
+        except ValueError:
+            raise PqqpError(f"bad value {name}={value!r} in the suite: accepted true or false") from None
+    return scalar(name, value, kind) if kind in ("int", "float", "str") else value
+
+
+def scalar(name: str, value: Any, kind: str) -> Any:
+    """One int, float or str of a suite key, strictly: YAML's own type must be that one (an int for a float is
+    fine), or a string of it (the command line's); `true`, 32.5 or a list for an int are refused."""
+    if isinstance(value, str) and kind != "str":
+        try:
+            return int(value.strip()) if kind == "int" else float(value.strip())
+        except ValueError:
+            pass
+    elif kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif kind == "str" and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value).strip()
+    accepted = {"int": "an integer", "float": "a number", "str": "a string"}[kind]
+    raise PqqpError(f"bad value {name}={value!r} in the suite: accepted {accepted}")
 
 
 def gate_rules(value: Any) -> tuple[tuple[str, GateRule], ...]:
@@ -484,15 +503,35 @@ def to_bool(value: Any) -> bool:
     return value if isinstance(value, bool) else boolean(str(value))
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_suite(path: str | Path, **overrides: Any) -> Suite:
     """Read a suite YAML; `overrides` (e.g. from command-line options, None meaning not given) win over it."""
     path = Path(path)
     if not path.is_file():
         raise PqqpError(f"suite file {str(path)!r} does not exist: accepted a suite YAML such as suites/default.yaml")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PqqpError(f"suite file {str(path)!r} is not UTF-8 text: accepted a suite YAML") from None
+    if not text.strip() or "\x00" in text:
+        state = "is empty" if not text.strip() else "holds NUL bytes"
+        raise PqqpError(f"suite file {str(path)!r} {state}: accepted a YAML mapping of keys (models, pruners, ...)")
+    try:
+        raw = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
-        raise PqqpError(f"suite file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise PqqpError(f"suite file {str(path)!r} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
         raise PqqpError(f"suite file {str(path)!r} must hold a mapping of keys (models, pruners, ...), not {type(raw).__name__}")
     if "model" in raw:
@@ -548,6 +587,9 @@ def check_grid(suite: Suite) -> None:
     if not (isinstance(suite.noise_sigmas, (int, float)) and 0 <= suite.noise_sigmas < math.inf) or suite.bootstrap < 2:
         raise PqqpError(f"noise_sigmas={suite.noise_sigmas}, bootstrap={suite.bootstrap}: accepted sigmas >= 0 and "
                         f"at least 2 bootstrap resamples")
+    for model in suite.models:  # the experiment's own checks: seqlen, windows, seeds, holdout, device, folders
+        for seed in suite.seeds:
+            suite.settings(model, seed=seed)
     for template in suite.pruners:
         for p in suite.ratios:
             suite.pruner(template, p)

@@ -10,6 +10,8 @@ import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+pytest_plugins = ["pytester"]
+
 CHARS = string.printable
 
 

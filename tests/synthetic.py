@@ -75,11 +75,10 @@ def fake_model(folder: Path) -> str:
 
 def suite_yaml(path: Path, model: str, corpus: str = "pydoc", **extra: object) -> Path:
     """A small two-pruner, two-quantizer suite YAML with three bit widths (so Fig. 3's fit has 3 points)."""
-    lines = [f"models: ['{model}']", f"corpus: '{corpus}'", "seqlen: 32", "eval_tokens: 256", "calib_samples: 4",
-             "pruners: [magnitude, wanda]", "quantizers: [rtn, 'quarot > rtn']", "ratios: [0.2, 0.3]",
-             "bits: [4, 6, 8]", "curve_bits: [4, 6, 8]", "bootstrap: 50", "max_ppl_ratio: 100",
-             *(f"{k}: {v}" for k, v in extra.items())]
-    path.write_text("\n".join(lines) + "\n")
+    keys = {"models": f"['{model}']", "corpus": f"'{corpus}'", "seqlen": 32, "eval_tokens": 256, "calib_samples": 4,
+            "pruners": "[magnitude, wanda]", "quantizers": "[rtn, 'quarot > rtn']", "ratios": "[0.2, 0.3]",
+            "bits": "[4, 6, 8]", "curve_bits": "[4, 6, 8]", "bootstrap": 50, "max_ppl_ratio": 100, **extra}
+    path.write_text("".join(f"{k}: {v}\n" for k, v in keys.items()))  # `extra` replaces a key: YAML refuses twins
     return path
 
 

@@ -84,7 +84,7 @@ SETTING_ERRORS = [
     ("corrupt-gguf", corrupt_gguf, ["cannot read GGUF file", "broken.gguf"]),
     ("empty-corpus", empty_corpus, ["empty.txt", "empty"]),
     ("unknown-corpus", lambda tmp: ["--corpus", "gutenberg"], ["'gutenberg'", "pydoc"]),
-    ("seqlen-over-context", lambda tmp: ["--seqlen", "300"], ["seqlen=300", "2..256"]),
+    ("seqlen-over-context", lambda tmp: ["--seqlen", "300", "--eval-tokens", "600"], ["seqlen=300", "2..256"]),
     ("too-many-calibration-samples", lambda tmp: ["--calib-samples", "100000"], ["100000 calibration samples", "accepted n <="]),
     ("too-many-eval-tokens", lambda tmp: ["--eval-tokens", "10000000"], ["10000000 tokens", "accepted 32.."]),
     ("unknown-device", lambda tmp: ["--device", "tpu"], ["'tpu'", "cpu"]),
@@ -201,9 +201,7 @@ def test_version_and_missing_subcommand(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0 and __version__ in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exc:
-        main([])
-    assert exc.value.code == 2
+    assert "command" in error_line(main([]), capsys.readouterr().err)  # argparse's errors are our one line too
 
 
 def test_no_progress_error_is_the_only_stderr_output(run_args, capsys):

@@ -1,0 +1,96 @@
+"""The settings of an experiment: every knob, with its default, checked when it is made.
+
+A bad value is refused here, in one line naming it and what is accepted, before any model or corpus loads; what
+needs the model (seqlen against its context, the corpus's size) is checked when the experiment loads it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .compress import check_schedule
+from .data import DEFAULT_CORPUS, DEFAULT_HOLDOUT, check_bos
+from .errors import PqqpError
+from .models import DEFAULT_MODEL
+from .offload import check_mode
+
+SEED_LIMIT = 2 ** 63  # torch.manual_seed and the store's INTEGER column take seeds below this
+
+
+def check_count(name: str, value: object, low: int, high: int | None = None) -> None:
+    """An integer setting in [low, high)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value >= high):
+        accepted = f"an integer >= {low}" if high is None else f"an integer in {low}..{high - 1}"
+        raise PqqpError(f"{name}={value!r} is not accepted: {accepted}")
+
+
+def check_text(name: str, value: object, accepted: str) -> None:
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise PqqpError(f"{name}={value!r} is not accepted: {accepted}")
+
+
+def check_folder(name: str, value: str | None) -> None:
+    """A folder the harness writes into: absent (it is created) or a folder, never a file."""
+    if value is not None and Path(value).expanduser().exists() and not Path(value).expanduser().is_dir():
+        raise PqqpError(f"{name}={value!r} is a file: accepted a folder (created where missing)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of an experiment; the CLI flags and pytest options map onto these one to one."""
+
+    model: str = DEFAULT_MODEL
+    corpus: str = DEFAULT_CORPUS
+    seqlen: int = 512
+    calib_samples: int = 32
+    eval_tokens: int = 16384
+    holdout: float = DEFAULT_HOLDOUT
+    bos: str = "auto"  # windows start with BOS: auto (as the tokenizer does), always, never (data.bos_token)
+    seed: int = 0
+    batch_size: int = 1
+    device: str = "auto"
+    offload: str = "none"  # none, cpu, disk: where the decoder blocks live between their turns (offload.py)
+    schedule: str = "staged"  # staged (one pass per stage, paper §2) or fused (compress.passes)
+    prefix_cache: float = 2.0  # GiB of compressed recipe prefixes kept for reuse (prefixes.py); 0 turns it off
+    prefix_cache_dir: str | None = None  # also keep them there, as safetensors + JSON (shared by workers, kept)
+    cache_dir: str | None = None
+    trust_remote_code: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        """Every value checked on construction, before anything loads (one line naming the value and what is
+        accepted); what needs the model (seqlen against its context, the corpus's size) is checked on loading."""
+        check_text("model", self.model, "an embedded name, HF hub id, HF folder or .gguf file")
+        check_text("corpus", self.corpus, "pydoc, austen, wikitext2, or a .txt/.jsonl path")
+        check_count("seqlen", self.seqlen, 2)
+        check_count("calib_samples", self.calib_samples, 1)
+        check_count("eval_tokens", self.eval_tokens, self.seqlen)
+        check_count("batch_size", self.batch_size, 1)
+        check_count("seed", self.seed, 0, SEED_LIMIT)
+        if isinstance(self.holdout, bool) or not isinstance(self.holdout, (int, float)) or not 0.0 < self.holdout < 1.0:
+            raise PqqpError(f"holdout={self.holdout!r} is not accepted: a fraction in (0, 1), e.g. {DEFAULT_HOLDOUT}")
+        check_bos(self.bos)
+        check_schedule(self.schedule)
+        check_mode(self.offload)
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise PqqpError(f"unknown device {self.device!r}: accepted auto, cpu, cuda, cuda:N")
+        if isinstance(self.prefix_cache, bool) or not isinstance(self.prefix_cache, (int, float)) \
+                or not math.isfinite(self.prefix_cache) or self.prefix_cache < 0:
+            raise PqqpError(f"prefix_cache={self.prefix_cache!r} is not accepted: GiB, a finite number >= 0 (0 turns "
+                            f"reuse off)")
+        for name in ("prefix_cache_dir", "cache_dir"):
+            check_folder(name, getattr(self, name))
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise PqqpError(f"device {self.device!r} asked for, but torch sees no CUDA device: accepted auto, cpu")
+        if not self.device.startswith(("cpu", "cuda")):
+            raise PqqpError(f"unknown device {self.device!r}: accepted auto, cpu, cuda, cuda:N")
+        return self.device
