@@ -15,21 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from tabulate import tabulate
-from transformers.utils import logging as hf_logging
 
 from . import __version__
-from .compress import bits_label
-from .data import available_corpora
 from .errors import PqqpError
-from .experiment import CaseResult, Experiment, Settings
-from .methods import registry
-from .models import available_models
 from .paths import output_file, output_folder, same_file, write_text
 from .ray_runner import ADDRESSES, LOCAL
-from .spec import parse_recipe
+from .settings import Settings
 from .store import default_store_path
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch and transformers load with these: each command imports what it uses, so --help is quick
+    from .experiment import CaseResult
     from .measure import Bench
     from .store import Store
     from .suite import Suite
@@ -98,7 +93,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(**{**values, "trust_remote_code": args.trust_remote_code}, progress=not args.no_progress)
 
 
-def describe(case: CaseResult) -> str:
+def describe(case: "CaseResult") -> str:
+    from .compress import bits_label
+
     req, ach = case.report.requested, case.report.achieved()
     bits = bits_label(ach) or "fp32"
     p = case.perplexity
@@ -268,15 +265,18 @@ def command_export(args: argparse.Namespace) -> int:
 
 
 def command_run(args: argparse.Namespace) -> int:
+    from .experiment import Experiment
+    from .spec import parse_recipe
+
     if args.ray is not None and not args.suite:
         raise PqqpError("--ray runs a suite's grid: give --suite FILE.yaml with it")
     if args.suite:
         if args.recipe:
             raise PqqpError("give --suite or --recipe, not both: a suite names its own recipes")
         return command_suite(args)
-    if not args.recipe:
-        raise PqqpError("nothing to run: give --recipe RECIPE (repeatable) or --suite FILE.yaml")
-    recipes = [parse_recipe(text) for text in args.recipe]  # fail on a bad recipe before loading anything
+    if not args.recipe and not args.dense:
+        raise PqqpError("nothing to run: give --recipe RECIPE (repeatable), --dense, or --suite FILE.yaml")
+    recipes = [parse_recipe(text) for text in args.recipe or []]  # fail on a bad recipe before loading anything
     if args.both_orders:
         recipes += [r.reversed() for r in recipes if len(r.stages) > 1 and r.reversed() not in recipes]
     if args.dense and all(r.stages for r in recipes):
@@ -318,6 +318,7 @@ def command_order(args: argparse.Namespace) -> int:
 
     from .measure import Bench
     from .ordering import parse_method_set
+    from .spec import parse_recipe
     from .report import order_evidence
     from .store import Store
     from .suite import OrderSearch, OrderSpec, Suite, coerce
@@ -354,24 +355,31 @@ def command_order(args: argparse.Namespace) -> int:
 
 
 def command_models(args: argparse.Namespace) -> int:
-    print(tabulate(available_models(), headers=["name", "status", "model"]))
+    from .models import available_models
+
+    print(tabulate(available_models(), headers=["name", "status", "model"], maxcolwidths=[None, 50, 40]))
     print("\nAlso accepted: any HF hub id (where the hub or its cache is reachable), a local HF folder, a .gguf file.")
     return 0
 
 
 def command_corpora(args: argparse.Namespace) -> int:
-    print(tabulate(available_corpora(), headers=["corpus", "status"]))
+    from .data import available_corpora
+
+    print(tabulate(available_corpora(), headers=["corpus", "status"], maxcolwidths=[None, 90]))
     return 0
 
 
 def command_methods(args: argparse.Namespace) -> int:
+    from .methods import registry
+
     found = registry()
     rows = [
         (name, m.method.kind, m.method.granularity, "yes" if m.method.needs_calibration else "no",
          ", ".join(f"{p.name} ({p.accepted})" for p in m.method.params), f"{m.package} {m.version}", m.method.summary)
         for name, m in found.methods.items()
     ]
-    print(tabulate(rows, headers=["method", "kind", "granularity", "calibration", "parameters", "source", "what"]))
+    print(tabulate(rows, headers=["method", "kind", "granularity", "calib.", "parameters", "source", "what"],
+                   maxcolwidths=[None, None, 16, 6, 36, 12, 19]))  # 120 columns
     for name, why in found.broken.items():
         print(f"pqqp: plugin method '{name}' failed to load and is left out: {why}", file=sys.stderr)
     return 0
@@ -516,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     quiet = getattr(args, "no_progress", False)
     if quiet:  # transformers' own weight-loading bars; ours follow Settings.progress
+        from transformers.utils import logging as hf_logging
+
         hf_logging.disable_progress_bar()
     try:
         return args.func(args)

@@ -38,6 +38,7 @@ from .errors import PqqpError
 from .methods import B_ORIG, LayerWork, Method
 from .methods.quantize import WeightGrid
 from .offload import home_of, refuse_model_scope, visiting
+from .settings import check_schedule
 from .spec import Recipe
 
 
@@ -220,7 +221,6 @@ def flag_lines(broken: dict[str, Counter]) -> list[str]:
     return lines
 
 
-SCHEDULES = ("staged", "fused")  # how a recipe's layer-scope stages share calibration passes (`passes`)
 
 
 def segments(stages: tuple[Method, ...]) -> list[tuple[Method, ...]]:
@@ -232,12 +232,6 @@ def segments(stages: tuple[Method, ...]) -> list[tuple[Method, ...]]:
         else:
             runs.append((stage,))
     return runs
-
-
-def check_schedule(schedule: str) -> str:
-    if schedule not in SCHEDULES:
-        raise PqqpError(f"unknown schedule {schedule!r}: accepted {', '.join(SCHEDULES)}")
-    return schedule
 
 
 def passes(stages: tuple[Method, ...], schedule: str) -> list[tuple[Method, ...]]:

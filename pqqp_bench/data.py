@@ -26,10 +26,8 @@ from transformers import PreTrainedTokenizerBase
 
 from .errors import PqqpError
 from .paths import default_cache_dir
+from .settings import DEFAULT_HOLDOUT, check_bos
 
-DEFAULT_CORPUS = "pydoc"
-DEFAULT_HOLDOUT = 0.2
-BOS_SETTINGS = ("auto", "always", "never")
 AUSTEN_NOVELS = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion")
 AUSTEN_SUBDIR = "usr/lib/R/site-library/janeaustenr/data"
 AUSTEN_HINT = (
@@ -200,11 +198,6 @@ def corpus_fingerprint(name: str) -> str:
 def tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
-
-
-def check_bos(setting: str) -> None:
-    if setting not in BOS_SETTINGS:
-        raise PqqpError(f"bos={setting!r} is not accepted: {', '.join(BOS_SETTINGS)} (auto: as the tokenizer does)")
 
 
 def adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:

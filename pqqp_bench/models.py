@@ -23,10 +23,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from .blocks import decoder_blocks
 from .errors import PqqpError
-from .offload import check_mode, load_on_disk
+from .offload import load_on_disk
 from .paths import default_cache_dir, locked
+from .settings import DEFAULT_MODEL, check_mode
 
-DEFAULT_MODEL = "smollm2-135m"
 GGUF_MAGIC = b"GGUF"
 
 

@@ -28,14 +28,7 @@ from torch import nn
 
 from .errors import PqqpError
 
-OFFLOAD_MODES = ("none", "cpu", "disk")
 HOME_ATTRIBUTE = "pqqp_home"  # set on a model whose blocks live off the compute device
-
-
-def check_mode(mode: str) -> str:
-    if mode not in OFFLOAD_MODES:
-        raise PqqpError(f"offload {mode!r} is not accepted: use one of {', '.join(OFFLOAD_MODES)}")
-    return mode
 
 
 class DiskHome:

@@ -135,6 +135,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "pqqp_throughput: generation tokens/s of a recipe (the suite's throughput section)")
     config.addinivalue_line("markers", "slow: calibration-heavy (sparsegpt, gptq, sleb): minutes on a CPU")
     config.addinivalue_line("markers", "xdist_group(name): cases of one model shard, kept on one worker by --dist loadgroup")
+    config.addinivalue_line("markers", "pqqp_absent: a test kind the suite has no section for (deselected)")
     place_worker(config)
     if config.getoption("pqqp_update_baseline") and not config.getoption("pqqp_gate"):
         raise pytest.UsageError("pqqp: --pqqp-update-baseline needs --pqqp-gate BASELINE: the file to write")
@@ -234,8 +235,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "pqqp_throughput" in names:
         cases = [pytest.param(c, id=c.id, marks=[*marks_for(c.recipe), pytest.mark.pqqp_throughput])
                  for c in suite.throughput_cases()]
-        metafunc.parametrize("pqqp_throughput", cases or [pytest.param(None, marks=pytest.mark.skip(
-            reason=f"suite '{suite.name}' has no throughput section"))])
+        metafunc.parametrize("pqqp_throughput", cases or [pytest.param(None, marks=ABSENT)])
     if "pqqp_case" in names:
         cases = suite.cases()
         groups = case_groups(cases, worker_count(metafunc.config))
@@ -250,8 +250,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if name in names:
             params = [pytest.param(s, id=getattr(s, "id", s), marks=[pytest.mark.pqqp, pytest.mark.pqqp_hypothesis])
                       for s in specs]
-            metafunc.parametrize(name, params or [pytest.param(None, marks=pytest.mark.skip(
-                reason=f"suite '{suite.name}' asks for no {name.removeprefix('pqqp_').replace('_', ' ')} tests"))])
+            metafunc.parametrize(name, params or [pytest.param(None, marks=ABSENT)])
+
+
+ABSENT = pytest.mark.pqqp_absent
+"""The placeholder of a test kind the suite has no section for: deselected, so a run prints no skip line for it."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    absent = [item for item in items if item.get_closest_marker("pqqp_absent")]
+    if absent:
+        config.hook.pytest_deselected(items=absent)
+        items[:] = [item for item in items if not item.get_closest_marker("pqqp_absent")]
 
 
 def store_path(config: pytest.Config) -> Path:

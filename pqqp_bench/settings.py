@@ -1,4 +1,7 @@
-"""The settings of an experiment: every knob, with its default, checked when it is made.
+"""The settings of an experiment: every knob, with its default and accepted values, checked when it is made.
+
+This module imports nothing heavy (torch is imported where a device is resolved), so the command line can show
+defaults and refuse bad values before torch and transformers load.
 
 A bad value is refused here, in one line naming it and what is accepted, before any model or corpus loads; what
 needs the model (seqlen against its context, the corpus's size) is checked when the experiment loads it.
@@ -11,13 +14,32 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from .compress import check_schedule
-from .data import DEFAULT_CORPUS, DEFAULT_HOLDOUT, check_bos
 from .errors import PqqpError
-from .models import DEFAULT_MODEL
-from .offload import check_mode
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_CORPUS = "pydoc"
+DEFAULT_HOLDOUT = 0.2
+BOS_SETTINGS = ("auto", "always", "never")  # how windows start (data.bos_token)
+SCHEDULES = ("staged", "fused")  # how a recipe's layer-scope stages share calibration passes (compress.passes)
+OFFLOAD_MODES = ("none", "cpu", "disk")  # where decoder blocks wait for their turn (offload.py)
+
+def check_bos(setting: str) -> None:
+    if setting not in BOS_SETTINGS:
+        raise PqqpError(f"bos={setting!r} is not accepted: {', '.join(BOS_SETTINGS)} (auto: as the tokenizer does)")
+
+
+def check_schedule(schedule: str) -> str:
+    if schedule not in SCHEDULES:
+        raise PqqpError(f"unknown schedule {schedule!r}: accepted {', '.join(SCHEDULES)}")
+    return schedule
+
+
+def check_mode(mode: str) -> str:
+    """An offload mode."""
+    if mode not in OFFLOAD_MODES:
+        raise PqqpError(f"offload {mode!r} is not accepted: use one of {', '.join(OFFLOAD_MODES)}")
+    return mode
+
 
 SEED_LIMIT = 2 ** 63  # torch.manual_seed and the store's INTEGER column take seeds below this
 
@@ -87,6 +109,8 @@ class Settings:
             check_folder(name, getattr(self, name))
 
     def resolved_device(self) -> str:
+        import torch  # here, so that reading the settings (the CLI's --help) does not load torch
+
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         if self.device.startswith("cuda") and not torch.cuda.is_available():

@@ -21,15 +21,12 @@ from typing import Any
 
 import yaml
 
-from .compress import check_schedule
-from .data import check_bos
 from .errors import PqqpError
 from .evaluate.lmeval import parse_metric
 from .evaluate.throughput import ThroughputSettings
-from .experiment import Settings
+from .settings import Settings, check_bos, check_mode, check_schedule
 from .methods import method_class
 from .methods.base import boolean, format_value
-from .offload import check_mode
 from .ordering import MethodSet, parse_method_set
 from .pipelines import Pipeline, pipelines_section
 from .prefixes import cache_size, trie_order
@@ -287,6 +284,14 @@ def scheduled(cases: list["Case"]) -> list["Case"]:
     return ordered
 
 
+def model_id(model: str) -> str:
+    """A model's name in test ids: an embedded name or hub id as it is, a local file or folder by its stem (a .gguf
+    file's whole path would make every id unreadable); `check_grid` keeps the ids of a suite's models distinct."""
+    path = Path(model).expanduser()
+    local = path.suffix == ".gguf" or model.startswith((".", "/", "~")) or path.exists()
+    return (path.stem if path.suffix == ".gguf" else path.name) or model if local else model
+
+
 @dataclass(frozen=True)
 class Case:
     """One measurement of the grid: a model and a recipe; `label` is its readable test id."""
@@ -298,7 +303,7 @@ class Case:
 
     @property
     def id(self) -> str:
-        return f"{self.model}-{self.label}"
+        return f"{model_id(self.model)}-{self.label}"
 
 
 @dataclass(frozen=True)
@@ -328,7 +333,7 @@ class HypothesisSpec:
 
     @property
     def id(self) -> str:
-        return f"{self.model}-{short(self.suite.pruner(self.pruner, self.p))}-{compact(self.quantizer)}"
+        return f"{model_id(self.model)}-{short(self.suite.pruner(self.pruner, self.p))}-{compact(self.quantizer)}"
 
     def points(self) -> list[PointSpec]:
         return [PointSpec(self.suite, self.model, self.pruner, self.quantizer, self.p, b) for b in self.suite.bits]
@@ -346,7 +351,7 @@ class PooledSpec:
 
     @property
     def id(self) -> str:
-        return f"{self.model}-{compact(self.pruner)}-{compact(self.quantizer)}-pooled"
+        return f"{model_id(self.model)}-{compact(self.pruner)}-{compact(self.quantizer)}-pooled"
 
     def points(self) -> list[PointSpec]:
         return [PointSpec(self.suite, self.model, self.pruner, self.quantizer, p, b)
@@ -368,7 +373,7 @@ class PipelineSpec:
 
     @property
     def id(self) -> str:
-        return f"{self.model}-{self.family.name}"
+        return f"{model_id(self.model)}-{self.family.name}"
 
 
 @dataclass(frozen=True)
@@ -381,7 +386,7 @@ class OrderSpec:
 
     @property
     def id(self) -> str:
-        return f"{self.model}-{self.methods.id}"
+        return f"{model_id(self.model)}-{self.methods.id}"
 
 
 def short(recipe: Recipe) -> str:
@@ -587,6 +592,11 @@ def check_grid(suite: Suite) -> None:
     if not (isinstance(suite.noise_sigmas, (int, float)) and 0 <= suite.noise_sigmas < math.inf) or suite.bootstrap < 2:
         raise PqqpError(f"noise_sigmas={suite.noise_sigmas}, bootstrap={suite.bootstrap}: accepted sigmas >= 0 and "
                         f"at least 2 bootstrap resamples")
+    ids = {}
+    for model in suite.models:
+        if ids.setdefault(model_id(model), model) != model:
+            raise PqqpError(f"models {ids[model_id(model)]!r} and {model!r} have one test id {model_id(model)!r}: accepted "
+                            f"models whose file or folder names differ")
     for model in suite.models:  # the experiment's own checks: seqlen, windows, seeds, holdout, device, folders
         for seed in suite.seeds:
             suite.settings(model, seed=seed)

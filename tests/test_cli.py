@@ -184,6 +184,18 @@ def test_methods_lists_every_method_with_parameters(capsys):
     assert "p (a float in [0, 1))" in out and "nm (" in out and "w (an integer 2..16, or none)" in out
 
 
+@pytest.mark.parametrize("command", ["methods", "models", "corpora"])
+def test_listings_fit_120_columns(capsys, command):
+    assert main([command]) == 0
+    assert max(len(line) for line in capsys.readouterr().out.splitlines()) <= 120
+
+
+def test_dense_alone_measures_the_dense_model(run_args, capsys):
+    assert main(run_args + ["--dense"]) == 0
+    out = capsys.readouterr().out
+    assert "recipe     dense" in out and out.count("recipe     ") == 1
+
+
 def test_models_lists_the_embedded_model(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out

@@ -56,7 +56,9 @@ def test_grid_runs_stores_and_reuses(grid: Path, model_dir: Path) -> None:
     out = first.stdout + first.stderr
     cases = outcomes(out, "test_case")
     assert cases and set(cases) == {"PASSED"}, out[-3000:]
-    assert f"test_case[{model_dir}-wanda:p=0.2-rtn:w=4,a=4,kv=4-Q>P]" in out  # readable ids
+    assert "test_case[tiny-llama-wanda:p=0.2-rtn:w=4,a=4,kv=4-Q>P]" in out  # readable ids: the folder's name
+    assert "asks for no" not in out and "has no throughput section" not in out  # absent sections: deselected
+    assert "deselected" in out.splitlines()[-1]
     verdicts = outcomes(out, "test_progressive_intensity")
     assert len(verdicts) == 4, out[-3000:]  # 2 pruners x 1 quantizer x 2 ratios
     if "FAILED" in verdicts:  # a hypothesis may fail on a random model: then with its evidence

@@ -87,3 +87,16 @@ def test_shipped_suites_load(name: str) -> None:
     suite = load_suite(REPO / "suites" / f"{name}.yaml")
     assert suite.cases() and suite.hypotheses()
     assert suite.expected_minutes is not None, "each shipped suite documents its expected run time"
+
+
+def test_test_ids_name_a_local_model_by_its_file_or_folder(tmp_path: Path) -> None:
+    from pqqp_bench.suite import model_id
+
+    assert model_id("smollm2-135m") == "smollm2-135m" and model_id("org/model-7b") == "org/model-7b"
+    assert model_id("/very/long/path/to/SmolLM2-135M.Q4_1.gguf") == "SmolLM2-135M.Q4_1"
+    assert model_id(str(tmp_path)) == tmp_path.name and model_id("./models/tiny/") == "tiny"
+    suite = tmp_path / "two.yaml"
+    suite.write_text("models: ['/a/tiny.gguf', '/b/tiny.gguf']\npruners: [magnitude]\nquantizers: [rtn]\n"
+                     "ratios: [0.2]\nbits: [8]\n")
+    with pytest.raises(PqqpError, match="have one test id 'tiny'"):
+        load_suite(suite)

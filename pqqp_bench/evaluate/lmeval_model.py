@@ -17,9 +17,8 @@ from typing import Any
 import torch
 from lm_eval.models.huggingface import HFLM
 
-from ..data import DEFAULT_CORPUS, DEFAULT_HOLDOUT
+from ..settings import DEFAULT_CORPUS, DEFAULT_HOLDOUT, DEFAULT_MODEL
 from ..errors import PqqpError
-from ..models import DEFAULT_MODEL
 from ..spec import parse_recipe
 from .lmeval import hflm_options
 
@@ -37,7 +36,7 @@ LM_EVAL_ADDS = ("max_batch_size",)
 def parse_model_args(given: dict[str, Any]) -> tuple[Any, str, int | str]:
     """(Settings, recipe, batch size) from lm-eval's model_args, strictly: an unknown key (a misspelt one, or the
     pieces of an unquoted recipe that lm-eval cut at its commas) or a value of the wrong type is one line."""
-    from ..experiment import Settings
+    from ..settings import Settings
 
     unknown = [k for k in given if k not in MODEL_ARGS and k not in LM_EVAL_ADDS]
     if unknown:
