@@ -24,7 +24,7 @@ from .settings import Settings
 from .store import default_store_path
 
 if TYPE_CHECKING:  # torch and transformers load with these: each command imports what it uses, so --help is quick
-    from .experiment import CaseResult
+    from .experiment import CaseResult, Experiment
     from .measure import Bench
     from .store import Store
     from .suite import Suite
@@ -265,8 +265,9 @@ def command_export(args: argparse.Namespace) -> int:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from .experiment import Experiment
+    from .experiment import Experiment, check_recipes
     from .spec import parse_recipe
+    from .suite import coerce
 
     if args.ray is not None and not args.suite:
         raise PqqpError("--ray runs a suite's grid: give --suite FILE.yaml with it")
@@ -277,6 +278,9 @@ def command_run(args: argparse.Namespace) -> int:
     if not args.recipe and not args.dense:
         raise PqqpError("nothing to run: give --recipe RECIPE (repeatable), --dense, or --suite FILE.yaml")
     recipes = [parse_recipe(text) for text in args.recipe or []]  # fail on a bad recipe before loading anything
+    curve_bits = coerce("curve_bits", args.curve_bits or "3,4,5,6,8")
+    if any(not 2 <= b <= 16 for b in curve_bits):
+        raise PqqpError(f"--curve-bits {args.curve_bits!r} is not accepted: bit widths 2..16, e.g. 3,4,5,6,8")
     if args.both_orders:
         recipes += [r.reversed() for r in recipes if len(r.stages) > 1 and r.reversed() not in recipes]
     if args.dense and all(r.stages for r in recipes):
@@ -284,6 +288,7 @@ def command_run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     if args.json:
         output_file("--json", args.json, [settings.model, settings.corpus])
+    check_recipes(settings, recipes)  # from the model's config: before its weights and the corpus load
     experiment = Experiment(settings)
     s = experiment.settings
     print(f"model {s.model} ({experiment.loaded.source}) on {experiment.device}; corpus {experiment.corpus.name}: "
@@ -296,6 +301,9 @@ def command_run(args: argparse.Namespace) -> int:
         case = experiment.run(recipe)
         print("\n" + describe(case), flush=True)
         results.append(case)
+    if args.both_orders:
+        for line in order_advantages(experiment, results, curve_bits):
+            print(line, flush=True)
     rows = [(c.recipe, c.order or "-", f"{c.report.achieved()['total']:.2f}", f"{c.perplexity.ppl:.4f}",
              c.perplexity.bos, f"{c.seconds['compress']:.1f}", f"{c.seconds['evaluate']:.1f}") for c in results]
     print("\n" + tabulate(rows, headers=["recipe", "order", "C total", "ppl", "window start", "compress s", "eval s"]))
@@ -304,6 +312,42 @@ def command_run(args: argparse.Namespace) -> int:
                    "results": [c.summary() for c in results]}
         write_text(args.json, json.dumps(payload, indent=1))
     return 0
+
+
+def at_bits(stage: Any, bits: int) -> Any:
+    """A quantizer stage with each of its quantized parts (w, a, kv) at `bits` instead."""
+    return type(stage)(**{**stage.values, **{k: bits for k in ("w", "a", "kv") if stage.values.get(k)}})
+
+
+def order_advantages(experiment: "Experiment", results: list["CaseResult"], curve_bits: tuple[int, ...]) -> list[str]:
+    """For each recipe run in both orders (one pruner, one quantizer): A(Q→P) = M(Q→P) − M(P→Q) with M = −ppl, its
+    bootstrap standard error over the windows (paired: both orders on the same windows), and x = C*_P − C_Q, the
+    pruner's CER read off the quantizer's own curve at `curve_bits` (Def. 3, 4; measured here, as are the pruner
+    alone and the curve)."""
+    from .hypothesis import cer, metric_from_ppl, paired_bootstrap_advantage
+    from .spec import Recipe, parse_recipe
+
+    by_recipe = {c.recipe: c for c in results}
+    bits = sorted(set(curve_bits), reverse=True)
+    lines = []
+    for case in results:
+        recipe = parse_recipe(case.recipe)
+        twin = by_recipe.get(str(recipe.reversed()))
+        if case.order != "Q>P" or twin is None:
+            continue
+        quant, prune = recipe.methods
+        curve = [(Recipe(recipe.basis + (at_bits(quant, b),)).ratios()["quant"],
+                  metric_from_ppl(experiment.run(Recipe(recipe.basis + (at_bits(quant, b),))).perplexity.ppl))
+                 for b in bits]
+        c_p = cer(metric_from_ppl(experiment.run(Recipe(recipe.basis + (prune,))).perplexity.ppl), curve)
+        c_q = recipe.ratios()["quant"]
+        a = paired_bootstrap_advantage(case.perplexity.window_nll, twin.perplexity.window_nll,
+                                       case.perplexity.tokens // case.perplexity.windows)
+        lines.append(f"A(Q→P) of {prune.canonical()} and {quant.canonical()}: {a.value:+.4f} ± {a.stderr:.4f} "
+                     f"(bootstrap over {case.perplexity.windows} windows; > 0: quantizing first wins) at "
+                     f"x = C*_P − C_Q = {c_p} − {c_q:.3g} = {c_p.value - c_q:+.3g} (C*_P from {quant.name} at "
+                     f"{', '.join(map(str, sorted(bits)))} bits)")
+    return lines
 
 
 def seconds_of(m) -> float:
@@ -440,7 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-gpus-per-worker", type=float, default=None, metavar="N",
                      help="with --ray: GPUs each worker requests, 0.5 to share one (default 1 where the cluster has "
                           "GPUs, else 0)")
-    run.add_argument("--both-orders", action="store_true", help="also run each multi-stage recipe in reverse order")
+    run.add_argument("--both-orders", action="store_true",
+                     help="also run each multi-stage recipe in reverse order; for one pruner and one quantizer, print "
+                          "A(Q→P) with its standard error and x = C*_P − C_Q (measuring the pruner alone and the "
+                          "quantizer's curve at --curve-bits, default 3,4,5,6,8)")
     run.add_argument("--dense", action="store_true", help="also measure the dense model")
     run.add_argument("--json", help="write every result to this JSON file")
     add_settings_arguments(run)

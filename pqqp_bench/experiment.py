@@ -17,7 +17,7 @@ from .compress import CompressionReport, CompressionState, compress, cut_points,
 from .data import Corpus, bos_label, load_corpus
 from .errors import PqqpError
 from .evaluate import PerplexityResult, layerwise_perplexity, perplexity
-from .models import LoadedModel, load_model
+from .models import LoadedModel, load_model, skeleton
 from .prefixes import PrefixCache, cache_size, prefix_key
 from .settings import Settings
 from .spec import Recipe, parse_recipe
@@ -47,6 +47,18 @@ class CaseResult:
             "seconds": self.seconds,
             "perplexity": {k: v for k, v in asdict(self.perplexity).items() if k != "window_nll"},
         }
+
+
+def check_recipes(settings: Settings, recipes: list[Recipe]) -> None:
+    """Refuse a recipe whose methods the model's architecture cannot take, from its config alone: before the weights
+    and the corpus load (`Method.check_architecture`)."""
+    stages = [stage for recipe in recipes for stage in recipe.stages]
+    if not stages:
+        return
+    model = skeleton(settings.model, cache_dir=Path(settings.cache_dir) if settings.cache_dir else None,
+                     trust_remote_code=settings.trust_remote_code)
+    for stage in stages:
+        stage.check_architecture(model)
 
 
 class Experiment:

@@ -258,6 +258,19 @@ def model_fingerprint(name: str, *, cache_dir: Path | None = None, trust_remote_
     return location_fingerprint(location, config)
 
 
+def skeleton(name: str, *, cache_dir: Path | None = None, trust_remote_code: bool = False) -> PreTrainedModel:
+    """The model's modules built from its config on the meta device: its architecture, without its weights (what
+    a method checks before the weights load, `Method.check_architecture`)."""
+    location, source = resolve(name, Path(cache_dir) if cache_dir else default_cache_dir())
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PqqpError(f"cannot read the config of model {name!r} ({source}): {reason}") from None
+
+
 def load_tokenizer(name: str, *, cache_dir: Path | None = None, trust_remote_code: bool = False
                    ) -> PreTrainedTokenizerBase:
     """The tokenizer `load_model(name)` would give, without the weights (a key's BOS setting needs only it)."""

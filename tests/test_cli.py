@@ -174,6 +174,11 @@ def test_run_both_orders_dense_and_json(run_args, tmp_path, capsys):
     table = out[out.rindex("\nrecipe ") + 1:]  # the final table
     assert all(h in table.splitlines()[0] for h in ("recipe", "order", "C total", "ppl"))
     assert len([line for line in table.splitlines() if line.startswith(("dense", "wanda", "rtn"))]) == 4
+    # A(Q→P) with its error and x, from the pruner alone and RTN's curve at 3, 4, 5, 6, 8 bits
+    by = {r["recipe"]: r["ppl"] for r in results}
+    line = next(line for line in out.splitlines() if line.startswith("A(Q→P) of wanda:p=0.5 and rtn:w=4,a=4,kv=4: "))
+    a = by["wanda:p=0.5 > rtn:w=4,a=4,kv=4"] - by["rtn:w=4,a=4,kv=4 > wanda:p=0.5"]
+    assert f"{a:+.4f} ± " in line and "x = C*_P − C_Q = " in line and "− 4 = " in line and "3, 4, 5, 6, 8 bits" in line
 
 
 def test_methods_lists_every_method_with_parameters(capsys):
@@ -264,3 +269,27 @@ def test_run_without_recipe_or_suite_and_export_of_a_missing_store(tmp_path, cap
     assert "--recipe RECIPE" in error_line(main(["run"]), capsys.readouterr().err)
     assert "does not exist" in error_line(main(["export", "--store", str(tmp_path / "none.sqlite"), "--json", "x"]),
                                           capsys.readouterr().err)
+
+
+def test_a_recipe_the_architecture_cannot_take_is_refused_before_the_weights_load(tmp_path, monkeypatch, capsys):
+    """QuaRot on Gemma 3 (post-norms on the residual branch): refused from the config; nothing is loaded."""
+    from conftest import char_tokenizer, tiny_gemma3
+
+    from pqqp_bench import experiment
+
+    folder = tmp_path / "gemma"
+    tiny_gemma3().save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    monkeypatch.setattr(experiment, "load_model", lambda *a, **k: pytest.fail("the weights were loaded"))
+    rc = main(["run", "--model", str(folder), "--recipe", "quarot > rtn:w=8", "--device", "cpu", "--seqlen", "32",
+               "--eval-tokens", "64", "--calib-samples", "2", "--no-progress"])
+    line = error_line(rc, capsys.readouterr().err)
+    assert "quarot needs Llama-style pre-norm blocks" in line and "Gemma3DecoderLayer" in line
+
+
+def test_a_llama_skeleton_takes_quarot(model_dir):
+    from pqqp_bench.experiment import check_recipes
+    from pqqp_bench.settings import Settings
+    from pqqp_bench.spec import parse_recipe
+
+    check_recipes(Settings(model=str(model_dir)), [parse_recipe("quarot > rtn:w=8")])  # no error

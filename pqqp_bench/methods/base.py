@@ -222,6 +222,11 @@ class Method:
     def validate(self, linears: dict[str, nn.Linear]) -> None:
         """Raise PqqpError before any work starts if the model's shapes do not suit the parameters."""
 
+    def check_architecture(self, model: nn.Module) -> None:
+        """Raise PqqpError where the model's architecture cannot take this method. `model` may be a skeleton on
+        the meta device (`models.skeleton`), so a recipe is refused from the config before weights and corpus
+        load."""
+
     def __repr__(self) -> str:
         return self.canonical()
 

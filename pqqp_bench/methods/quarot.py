@@ -117,6 +117,9 @@ class QuaRot(Method):
     def ratio(self) -> float:
         return 1.0
 
+    def check_architecture(self, model: nn.Module) -> None:
+        check_layout(model, decoder_blocks(model))
+
     @torch.no_grad()
     def apply_model(self, model: nn.Module, calibration: torch.Tensor | None, device: torch.device, seed: int,
                     progress: bool = True) -> dict:
