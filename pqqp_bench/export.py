@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -139,9 +140,20 @@ def export(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", repor
         raise PqqpError(f"export dtype {dtype!r} is not accepted: accepted {', '.join(DTYPES)}")
     fmt, notes = plan(model, report)
     folder = Path(folder)
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    try:  # written beside, renamed into place when complete: a reader never finds half a checkpoint
+        notes = write_checkpoint(model, tokenizer, report, partial, fmt, notes, dtype)
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return Export(folder, fmt, tuple(notes))
+
+
+def write_checkpoint(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", report: "CompressionReport",
+                     folder: Path, fmt: str, notes: tuple[str, ...], dtype: str) -> tuple[str, ...]:
+    """The checkpoint's files in `folder`: safetensors (packed where `fmt` quantizes), config, tokenizer."""
     floats = DTYPES[dtype]
     tensors = {name: t.detach().to(floats if t.is_floating_point() else t.dtype).contiguous()
                for name, t in model.state_dict().items()}
@@ -165,7 +177,7 @@ def export(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", repor
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return Export(folder, fmt, tuple(notes))
+    return notes
 
 
 # --------------------------------------------------------------------------------------------- formats
