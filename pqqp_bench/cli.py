@@ -20,7 +20,7 @@ from . import __version__
 from .errors import PqqpError
 from .paths import output_file, output_folder, same_file, write_text
 from .ray_runner import ADDRESSES, LOCAL
-from .settings import Settings
+from .settings import KNOBS, Knob, Settings
 from .store import default_store_path
 
 if TYPE_CHECKING:  # torch and transformers load with these: each command imports what it uses, so --help is quick
@@ -30,29 +30,24 @@ if TYPE_CHECKING:  # torch and transformers load with these: each command import
     from .suite import Suite
 
 
-SUITE_KEYS = ("corpus", "seqlen", "calib_samples", "eval_tokens", "holdout", "bos", "batch_size", "device", "offload",
-              "schedule", "prefix_cache", "prefix_cache_dir")
+SUITE_KEYS = tuple(knob.name for knob in KNOBS if not knob.suite_key)  # the settings a suite holds as they are
 GRID_FLAGS = ("pruners", "quantizers", "ratios", "bits", "orders", "curve_bits", "seeds", "max_ppl_ratio", "metric",
               "lm_eval_limit", "throughput_recipes", "throughput_backend", "throughput_prompt_len",
               "throughput_output_len", "throughput_num_prompts", "throughput_dtype", "throughput_enforce_eager",
               "order_sets", "order_reference")
 
 
-DATA_FLAGS = (("model", str, "embedded name, HF hub id, HF folder or .gguf file"),
-              ("corpus", str, "pydoc, austen, wikitext2, or a .txt/.jsonl path"),
-              ("seqlen", int, "tokens per calibration sample and evaluation window"),
-              ("calib_samples", int, "calibration windows"),
-              ("eval_tokens", int, "evaluation tokens, cut into windows of seqlen"),
-              ("holdout", float, "fraction of the corpus held out for evaluation"),
-              ("bos", str, "windows start with BOS: auto (as the tokenizer does), always, never"),
-              ("seed", int, "seed of calibration sampling and randomised methods"))
-"""The model, corpus and evaluation settings every command that names a suite's measurements takes."""
+def add_knob(parser: argparse.ArgumentParser, knob: Knob, default: str) -> None:
+    """One setting of `settings.KNOBS` as a flag; `default` says in the help what the flag left out means."""
+    parser.add_argument(knob.flag, type=knob.kind, default=None, choices=knob.choices or None,
+                        help=f"{knob.help} ({default})")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, default: Callable[[str], str]) -> None:
-    """`DATA_FLAGS` as options; `default(name)` says in the help what an option left out means."""
-    for name, kind, text in DATA_FLAGS:
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"{text} ({default(name)})")
+    """The model, corpus and window settings as flags; `default(name)` says what a flag left out means."""
+    for knob in KNOBS:
+        if knob.data:
+            add_knob(parser, knob, default(knob.name))
 
 
 def add_grid_arguments(parser: argparse.ArgumentParser, text: str) -> None:
@@ -62,24 +57,9 @@ def add_grid_arguments(parser: argparse.ArgumentParser, text: str) -> None:
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    d = Settings()
-    add_data_arguments(parser, lambda name: f"default {getattr(d, name)}")
-    parser.add_argument("--batch-size", type=int, default=None, help=f"evaluation windows per forward pass (default {d.batch_size})")
-    parser.add_argument("--device", default=None, help="auto (cuda if present), cpu, cuda, cuda:N (default auto)")
-    parser.add_argument("--offload", default=None, choices=("none", "cpu", "disk"),
-                        help="where decoder blocks wait for their turn on the device: none (all on the device), cpu "
-                             "(host memory), disk (read from the safetensors files, compressed ones from a scratch "
-                             "folder): for models larger than memory; layer-scope methods and ppl only (default none)")
-    parser.add_argument("--schedule", default=None, choices=("staged", "fused"),
-                        help="staged: every stage its own calibration pass over the model the earlier stages left, "
-                             "as the paper composes methods; fused: consecutive layer-scope stages block by block in "
-                             "one pass (cheaper for one recipe, another model) (default staged)")
-    parser.add_argument("--prefix-cache", type=float, default=None, metavar="GIB",
-                        help=f"GiB of compressed recipe prefixes kept in memory, so a recipe starts from the longest "
-                             f"one already computed; 0 turns reuse off (default {d.prefix_cache:g})")
-    parser.add_argument("--prefix-cache-dir", default=None, metavar="DIR",
-                        help="also keep the prefix cache in this folder (safetensors + JSON, bounded by --prefix-cache): "
-                             "shared by workers on one filesystem, and by later runs (default: memory only)")
+    """Every setting of `settings.KNOBS` as a flag, with the process's own (threads, cache, progress)."""
+    for knob in KNOBS:
+        add_knob(parser, knob, "default " + ("none" if knob.default is None else f"{knob.default}"))
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of this process (default: all cores)")
     parser.add_argument("--cache-dir", default=None, help="where converted models are cached (default $PQQP_CACHE_DIR or ~/.cache/pqqp-bench)")
@@ -131,7 +111,7 @@ def add_suite_overrides(parser: argparse.ArgumentParser) -> None:
     """The model, corpus and evaluation settings and the grid flags of `pqqp run --suite`, for the commands that
     read a suite's stored results (leaderboard, gate), so a run on another model is published without a new YAML."""
     add_data_arguments(parser, lambda name: "default: the suite's" + ("; comma-separated" if name == "model" else ""))
-    parser.add_argument("--schedule", default=None, choices=("staged", "fused"), help="the composition schedule (default: the suite's)")
+    add_knob(parser, next(k for k in KNOBS if k.name == "schedule"), "default: the suite's")
     add_grid_arguments(parser, "override the suite's")
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Iterator
 import pytest
 
 from .ray_runner import ADDRESSES, LOCAL, ray_address
+from .settings import KNOBS
 
 if TYPE_CHECKING:
     from .experiment import Experiment
@@ -44,26 +45,10 @@ GATE_FAILED = pytest.StashKey[bool]()
 RAY_SUMMARY = pytest.StashKey[str]()
 SLOW_METHODS = ("sparsegpt", "gptq", "sleb", "share", "lora", "mpq")
 
-# option -> help; each overrides the suite key of the same name (lists: comma-separated; templates with
-# parameters: separated by ';')
+# option -> help; each overrides the suite key of the same name (lists: comma-separated, e.g. --pqqp-seed 0,1,2;
+# templates with parameters: separated by ';')
 GRID_OPTIONS = {
-    "models": "models: embedded name, HF hub id, HF folder or .gguf file (comma-separated)",
-    "corpus": "corpus: pydoc, austen, wikitext2, or a .txt/.jsonl path",
-    "seqlen": "tokens per calibration sample and evaluation window",
-    "calib_samples": "number of calibration windows",
-    "eval_tokens": "evaluation tokens (cut into windows of seqlen)",
-    "holdout": "fraction of the corpus held out for evaluation",
-    "bos": "windows start with BOS: auto (as the tokenizer does, e.g. Gemma, Llama), always, never",
-    "seeds": "calibration seeds, e.g. 0,1,2 (noise from seeds)",
-    "batch_size": "evaluation windows per forward pass",
-    "device": "auto, cpu, cuda, cuda:N",
-    "offload": "none, cpu or disk: decoder blocks wait off the device for their turn (models larger than memory)",
-    "schedule": "staged (one calibration pass per stage, the paper's composition) or fused (consecutive "
-                "layer-scope stages in one pass)",
-    "prefix_cache": "GiB of compressed recipe prefixes kept in memory for reuse by the cases that extend them "
-                    "(0: off)",
-    "prefix_cache_dir": "also keep the prefix cache in this folder (safetensors + JSON): shared by xdist/Ray workers "
-                        "on one filesystem and by later runs",
+    **{knob.key: knob.help for knob in KNOBS},  # the settings (settings.py), then the grid's own keys
     "metric": "ppl (token-level perplexity) or lm-eval:<task>/<metric>, e.g. lm-eval:pqqp_cloze/acc",
     "lm_eval_limit": "lm-eval metrics: score only the first N documents of the task",
     "pruners": "pruner templates, e.g. wanda,sparsegpt (';' between templates with parameters)",

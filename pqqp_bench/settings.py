@@ -118,3 +118,67 @@ class Settings:
         if not self.device.startswith(("cpu", "cuda")):
             raise PqqpError(f"unknown device {self.device!r}: accepted auto, cpu, cuda, cuda:N")
         return self.device
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One setting as every front end shows it: the `Settings` field `name`, the suite key and `--pqqp-<key>`
+    option it is in a suite (`suite_key`: `models`, `seeds` take lists), its `pqqp` flag, and its help."""
+
+    name: str
+    kind: type
+    help: str
+    suite_key: str = ""
+    choices: tuple[str, ...] = ()
+    data: bool = False  # one of the model, corpus and window settings every command that names measurements takes
+
+    @property
+    def key(self) -> str:
+        return self.suite_key or self.name
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def default(self) -> object:
+        return getattr(Settings, self.name)
+
+
+KNOBS: tuple[Knob, ...] = (
+    Knob("model", str, "embedded name, HF hub id, local HF folder, or .gguf file", suite_key="models", data=True),
+    Knob("corpus", str, "pydoc, austen, wikitext2 (needs pqqp-bench[hub] and the hub), or a .txt/.jsonl path",
+         data=True),
+    Knob("seqlen", int, "tokens per calibration sample and per evaluation window", data=True),
+    Knob("calib_samples", int, "calibration windows, drawn without overlap by the seed", data=True),
+    Knob("eval_tokens", int, "evaluation tokens, cut into windows of seqlen", data=True),
+    Knob("holdout", float, "the last fraction of the corpus, kept for evaluation only", data=True),
+    Knob("bos", str, "windows start with BOS: auto (where the tokenizer adds it), always, never",
+         choices=BOS_SETTINGS, data=True),
+    Knob("seed", int, "calibration sampling and randomised methods", suite_key="seeds", data=True),
+    Knob("batch_size", int, "evaluation windows per forward pass (1 is fastest on CPU; raise it on a GPU)"),
+    Knob("device", str, "auto (cuda when present, else cpu), cpu, cuda, cuda:N"),
+    Knob("offload", str, "where decoder blocks wait for their turn: none (all on the device), cpu (host memory), "
+                         "disk (read from the safetensors files): for models larger than memory; layer-scope "
+                         "methods and ppl only", choices=OFFLOAD_MODES),
+    Knob("schedule", str, "staged: every stage its own calibration pass over the model the earlier stages left, as "
+                          "the paper composes methods; fused: consecutive layer-scope stages block by block in one "
+                          "pass", choices=SCHEDULES),
+    Knob("prefix_cache", float, "GiB of compressed recipe prefixes kept in memory, so a recipe starts from the "
+                                "longest one already computed; 0 turns reuse off"),
+    Knob("prefix_cache_dir", str, "also keep the prefix cache in this folder (safetensors + JSON): shared by "
+                                  "workers on one filesystem, and by later runs"),
+)
+"""Every setting of an experiment, declared once: the `pqqp` flags (`cli.py`), the `--pqqp-*` options
+(`pytest_plugin.py`) and the suite keys (`suite.py`) take their names, help and defaults from here, and the
+README's option table is this table (`markdown_table`, checked by a test)."""
+
+
+def markdown_table() -> str:
+    """The README's option table of the settings."""
+    rows = ["| option (CLI / pytest) | suite key | default | meaning |", "|---|---|---|---|"]
+    for knob in KNOBS:
+        default = "none" if knob.default is None else f"`{knob.default}`"
+        option = f"--pqqp-{knob.name.replace('_', '-')}"  # --pqqp-model and --pqqp-seed: aliases of the list keys
+        rows.append(f"| `{knob.flag}` / `{option}` | `{knob.key}` | {default} | {knob.help} |")
+    return "\n".join(rows)

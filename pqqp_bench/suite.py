@@ -135,20 +135,21 @@ class Suite:
 
     name: str = "suite"
     description: str = ""
-    models: tuple[str, ...] = ("smollm2-135m",)
-    corpus: str = "pydoc"
-    seqlen: int = 512
-    calib_samples: int = 32
-    eval_tokens: int = 16384
-    holdout: float = 0.2
-    bos: str = "auto"  # windows start with BOS: auto (as the tokenizer does), always, never (data.bos_token)
-    seeds: tuple[int, ...] = (0,)
-    batch_size: int = 1
-    device: str = "auto"
-    offload: str = "none"  # none, cpu, disk: decoder blocks off the device between their turns (offload.py)
-    schedule: str = "staged"  # staged: one calibration pass per stage (paper §2); fused: one pass per run of stages
-    prefix_cache: float = 2.0  # GiB of compressed recipe prefixes kept for reuse (prefixes.py); 0: off
-    prefix_cache_dir: str | None = None  # also on disk there (prefix_files.py): shared by workers, kept across runs
+    # the experiment's settings, with the defaults declared once in settings.py (KNOBS: their help)
+    models: tuple[str, ...] = (Settings.model,)
+    corpus: str = Settings.corpus
+    seqlen: int = Settings.seqlen
+    calib_samples: int = Settings.calib_samples
+    eval_tokens: int = Settings.eval_tokens
+    holdout: float = Settings.holdout
+    bos: str = Settings.bos
+    seeds: tuple[int, ...] = (Settings.seed,)
+    batch_size: int = Settings.batch_size
+    device: str = Settings.device
+    offload: str = Settings.offload
+    schedule: str = Settings.schedule
+    prefix_cache: float = Settings.prefix_cache
+    prefix_cache_dir: str | None = Settings.prefix_cache_dir
     metric: str = "ppl"  # or lm-eval:<task>/<metric>, e.g. lm-eval:pqqp_cloze/acc
     lm_eval_limit: int | None = None  # lm-eval tasks: score only the first N documents (None: all)
     pruners: tuple[str, ...] = ("wanda",)
