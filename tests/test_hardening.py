@@ -500,6 +500,7 @@ def put(self, measurement, **kw):  # Ctrl-C arrives once two rows are stored, wh
 
 
 store.Store.put = put
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job starts with SIGINT ignored: not here
 if sys.argv[1] == "pytest":
     import pytest
     sys.exit(pytest.main(sys.argv[2:]))
