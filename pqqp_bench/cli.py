@@ -403,7 +403,7 @@ def command_methods(args: argparse.Namespace) -> int:
         for name, m in found.methods.items()
     ]
     print(tabulate(rows, headers=["method", "kind", "granularity", "calib.", "parameters", "source", "what"],
-                   maxcolwidths=[None, None, 16, 6, 36, 12, 19]))  # 120 columns
+                   maxcolwidths=[None, None, 16, 6, 32, None, 17]))  # 120 columns (wider for a long plugin name)
     for name, why in found.broken.items():
         print(f"pqqp: plugin method '{name}' failed to load and is left out: {why}", file=sys.stderr)
     return 0
