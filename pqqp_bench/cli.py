@@ -219,7 +219,7 @@ def command_gate(args: argparse.Namespace) -> int:
 def command_import(args: argparse.Namespace) -> int:
     from .store import Store
 
-    if Path(args.file).exists() and Path(args.store).exists() and same_file(args.file, args.store):
+    if same_file(args.file, args.store):
         raise PqqpError(f"measurements file {args.file!r} is the store itself: accepted a `pqqp export --json` file")
     with Store(args.store) as store:
         added, kept = store.import_json(args.file)
@@ -316,9 +316,8 @@ def order_advantages(experiment: "Experiment", results: list["CaseResult"], curv
         if case.order != "Q>P" or twin is None:
             continue
         quant, prune = recipe.methods
-        curve = [(Recipe(recipe.basis + (at_bits(quant, b),)).ratios()["quant"],
-                  metric_from_ppl(experiment.run(Recipe(recipe.basis + (at_bits(quant, b),))).perplexity.ppl))
-                 for b in bits]
+        points = [Recipe(recipe.basis + (at_bits(quant, b),)) for b in bits]
+        curve = [(point.ratios()["quant"], metric_from_ppl(experiment.run(point).perplexity.ppl)) for point in points]
         c_p = cer(metric_from_ppl(experiment.run(Recipe(recipe.basis + (prune,))).perplexity.ppl), curve)
         c_q = recipe.ratios()["quant"]
         a = paired_bootstrap_advantage(case.perplexity.window_nll, twin.perplexity.window_nll,

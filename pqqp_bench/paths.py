@@ -83,8 +83,9 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 @contextmanager
 def locked(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive `fcntl.flock` on the file `path` (created if missing, never deleted), blocking: one
-    process at a time does what the lock guards."""
+    """Hold an exclusive `fcntl.flock` on the file `path` (created with its folder if missing, never deleted),
+    blocking: one process at a time does what the lock guards."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -203,14 +203,6 @@ def _check_layout(path: Path, timeout: float) -> None:
                          f"accepted a store this harness wrote; {_MOVE_AWAY}")
 
 
-@contextmanager
-def _flock(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive fcntl.flock on `lock_path` (created with its folder if missing, never deleted), blocking."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with locked(lock_path):
-        yield
-
-
 def _connect(path: Path, timeout: float) -> sqlite3.Connection:
     """A writing connection to a checked file, with the schema created and WAL enabled."""
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
@@ -256,12 +248,12 @@ def _from_record(path: str | os.PathLike, index: int, record: Any) -> Measuremen
     return Measurement(key, float(record["value"]), record["details"], str(record.get("created") or ""))
 
 
-def check_store_file(path: str | os.PathLike) -> None:
+def check_store_file(path: str | os.PathLike, timeout: float = 120.0) -> None:
     """Refuse a path that cannot be a results store (not ours, corrupt, newer, a folder), reading only: what a
-    command checks before any computing."""
+    command checks before any computing, and a store checks before it writes."""
     path = Path(path).expanduser()
     _check_header(path)
-    _check_contents(path, timeout=120.0)
+    _check_contents(path, timeout)
 
 
 class Store:
@@ -272,12 +264,10 @@ class Store:
             raise PqqpError(f"store timeout {timeout!r} is not accepted: use a positive number of seconds")
         self.path = Path(path).expanduser()
         self.lock_dir = self.path.with_name(self.path.name + ".locks")
-        _check_header(self.path)  # before creating anything next to a file that may not be ours
-        _check_contents(self.path, timeout)
+        check_store_file(self.path, timeout)  # before creating anything next to a file that may not be ours
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _flock(self.lock_dir / _OPEN_LOCK):
-            _check_header(self.path)
-            _check_contents(self.path, timeout)
+        with locked(self.lock_dir / _OPEN_LOCK):
+            check_store_file(self.path, timeout)  # again: another process may have created it meanwhile
             try:
                 self._conn = _connect(self.path, timeout)
             except sqlite3.Error as e:
@@ -357,7 +347,7 @@ class Store:
     @contextmanager
     def claim(self, key: MeasurementKey) -> Iterator[None]:
         """Hold the inter-process lock of one measurement (blocking) for the caller's get-compute-put."""
-        with _flock(self.lock_dir / f"{key.digest()}.lock"):
+        with locked(self.lock_dir / f"{key.digest()}.lock"):
             yield
 
     def close(self) -> None:
