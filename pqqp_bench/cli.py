@@ -20,7 +20,7 @@ from . import __version__
 from .errors import PqqpError
 from .paths import output_file, output_folder, same_file, write_text
 from .ray_runner import ADDRESSES, LOCAL
-from .settings import KNOBS, Knob, Settings
+from .settings import KNOBS, PREDICTORS, Knob, Settings
 from .store import default_store_path
 
 if TYPE_CHECKING:  # torch and transformers load with these: each command imports what it uses, so --help is quick
@@ -34,7 +34,7 @@ SUITE_KEYS = tuple(knob.name for knob in KNOBS if not knob.suite_key)  # the set
 GRID_FLAGS = ("pruners", "quantizers", "ratios", "bits", "orders", "curve_bits", "seeds", "max_ppl_ratio", "metric",
               "lm_eval_limit", "throughput_recipes", "throughput_backend", "throughput_prompt_len",
               "throughput_output_len", "throughput_num_prompts", "throughput_dtype", "throughput_enforce_eager",
-              "order_sets", "order_reference")
+              "order_sets", "order_reference", "order_predictor", "order_probe_blocks")
 
 
 def add_knob(parser: argparse.ArgumentParser, knob: Knob, default: str) -> None:
@@ -335,8 +335,9 @@ def seconds_of(m) -> float:
 
 
 def command_order(args: argparse.Namespace) -> int:
-    """`pqqp order`: recommend an order of n methods from their single runs (increasing CER, paper §3.2 and
-    App. D.7); with --exhaustive, measure every order and report the recommendation's rank and regret."""
+    """`pqqp order`: recommend an order of n methods (paper Problem 1, App. D.7) with a predictor (predictors.py):
+    by default the intensity rule, increasing CER from the single runs (§3.2); or a probe of the orders on a sample
+    of decoder blocks. With --exhaustive, measure every order and report the recommendation's rank and regret."""
     from tqdm.auto import tqdm
 
     from .measure import Bench
@@ -347,18 +348,23 @@ def command_order(args: argparse.Namespace) -> int:
     from .suite import OrderSearch, OrderSpec, Suite, coerce
 
     methods = parse_method_set(args.methods)  # a bad set or setting fails before anything loads
+    if args.probe_blocks < 1:
+        raise PqqpError(f"--probe-blocks {args.probe_blocks} is not accepted: a positive number of decoder blocks")
     d = settings_from(args)
+    search = OrderSearch((methods,), args.reference, args.predictor, args.probe_blocks)
     suite = Suite(name="order", models=(d.model,), corpus=d.corpus, seqlen=d.seqlen, calib_samples=d.calib_samples,
                   eval_tokens=d.eval_tokens, holdout=d.holdout, bos=d.bos, seeds=(d.seed,), batch_size=d.batch_size,
                   device=d.device, pruners=(), quantizers=(), ratios=(), bits=(),
-                  curve_bits=coerce("curve_bits", args.curve_bits), order_search=OrderSearch((methods,), args.reference))
+                  curve_bits=coerce("curve_bits", args.curve_bits), order_search=search)
     spec = OrderSpec(suite, suite.models[0], methods)
-    curve = list(suite.curve(args.reference).values())
-    singles = [methods.single(i) for i in range(len(methods.units))]
+    rule = args.predictor == "intensity"
+    curve = list(suite.curve(args.reference).values()) if rule else []
+    singles = [methods.single(i) for i in range(len(methods.units))] if rule else []
     orders = [methods.recipe(o) for o in methods.orders()] if args.exhaustive else []
-    plan = [parse_recipe("dense"), *curve, *singles, *orders]
-    print(f"{len(methods.units)} methods on {spec.model}: {len(singles)} single runs and a {len(curve)}-point "
-          f"{args.reference} curve for the CERs" + (f", then all {len(orders)} orders" if orders else "")
+    plan = [parse_recipe("dense"), *curve, *singles, *orders] if rule or orders else []
+    needs = (f"{len(singles)} single runs and a {len(curve)}-point {args.reference} curve for the CERs" if rule
+             else f"the {args.predictor} probe on {args.probe_blocks} sampled blocks")
+    print(f"{len(methods.units)} methods on {spec.model}: {needs}" + (f", then all {len(orders)} orders" if orders else "")
           + f"; store {args.store}", flush=True)
     with Store(args.store) as store:
         bench = Bench(suite, store, refresh=args.refresh, progress=not args.no_progress, cache_dir=args.cache_dir,
@@ -368,12 +374,14 @@ def command_order(args: argparse.Namespace) -> int:
             measured[recipe] = bench.measure(spec.model, recipe)
         result, details = bench.order_outcome(spec, exhaustive=args.exhaustive)
         print("\n" + order_evidence(bench, spec, result, details))
-        rule = sum(seconds_of(measured[r]) for r in singles)
-        line = f"measured cost: the rule's {len(singles)} single runs took {rule:.0f} s"
+        parts = []
+        if rule:
+            parts.append(f"the rule's {len(singles)} single runs took {sum(seconds_of(measured[r]) for r in singles):.0f} s")
         if orders:
-            line += f"; the {len(orders)} orders took {sum(seconds_of(measured[r]) for r in orders):.0f} s"
-        print(line + f" (the curve, shared by every method set on this model: "
-                     f"{sum(seconds_of(measured[r]) for r in curve):.0f} s)")
+            parts.append(f"the {len(orders)} orders took {sum(seconds_of(measured[r]) for r in orders):.0f} s")
+        if parts:
+            print("measured cost: " + "; ".join(parts) + (f" (the curve, shared by every method set on this model: "
+                  f"{sum(seconds_of(measured[r]) for r in curve):.0f} s)" if rule else ""))
     return 0
 
 
@@ -509,6 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the methods to order, e.g. 'wanda:p=0.3, rtn:w=4,a=4,kv=4, sparsegpt:p=0.1' (', ' or ';' "
                             "between methods; a rotation goes with its quantizer: 'quarot > rtn:w=4')")
     order.add_argument("--exhaustive", action="store_true", help="measure every order: the rank and regret of the recommendation")
+    order.add_argument("--predictor", default="intensity", choices=PREDICTORS,
+                       help="how the order is predicted: intensity (single runs, increasing CER), probe (every order on "
+                            "sampled blocks), pairwise (each pair both ways on sampled blocks), probe-intensity (each "
+                            "method alone on sampled blocks, weakest first); default intensity")
+    order.add_argument("--probe-blocks", type=int, default=4, help="decoder blocks the probe predictors sample (default 4)")
     order.add_argument("--reference", default="rtn",
                        help="the quantizer whose curve gives the CERs, a template such as rtn or 'quarot > gptq:g=64' "
                             "(default rtn; bits fill w, a and kv)")

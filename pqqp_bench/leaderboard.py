@@ -38,7 +38,7 @@ from .measure import METRIC, Bench, Missing
 from .paths import atomic_write, write_text
 from .ordering import OrderOutcome, summarize
 from .report import (InterferenceVerdict, PipelineVerdict, Verdict, fmt, interference_verdict, order_outcomes,
-                     pipeline_verdict, summary_text, trend, verdict)
+                     pipeline_verdict, predictor_name, summary_text, trend, verdict)
 from .methods.base import format_value
 from .spec import Recipe, parse_recipe
 from .store import Measurement, record
@@ -420,19 +420,23 @@ def pipeline_tables(board: ModelBoard) -> list[Table]:
     return tables
 
 
-def order_tables(board: ModelBoard) -> list[Table]:
+def order_tables(board: ModelBoard, suite: Suite) -> list[Table]:
     if not board.orders:
         return []
     rows = tuple((str(i), spec.methods.name, spec.methods.describe(r.recommended), spec.methods.describe(r.best),
                   f"{r.rank}/{len(r.metrics)}", number(-r.metric(r.recommended)), number(-r.best_metric),
                   number(r.regret, 4), number(r.random_regret, 4)) for i, (spec, r) in enumerate(board.orders, 1))
     summary = summarize([r for _, r in board.orders])
-    return [Table("Order search: the intensity rule against every order",
+    name = predictor_name(suite)
+    how = ("The rule orders methods by increasing CER from their single runs alone (n runs, not n!)."
+           if name == "intensity rule" else
+           f"The {name} orders methods from probes on {suite.order_search.probe_blocks} sampled decoder blocks "
+           f"(predictors.py), measuring nothing on the whole model.")
+    return [Table(f"Order search: the {name} against every order",
                   ("#", "methods", "recommended (weakest first)", "best measured", "rank", "ppl recommended", "ppl best",
                    "regret", "random-order regret"), rows,
-                  f"The rule orders methods by increasing CER from their single runs alone (n runs, not n!). "
-                  f"Regret: ppl lost against the best order; a random order's is the mean over all orders. "
-                  f"Summary: {summary_text(summary)}.")]
+                  f"{how} Regret: ppl lost against the best order; a random order's is the mean over all orders. "
+                  f"Summary: {summary_text(summary, name)}.")]
 
 
 ALGORITHM_PARAMS = ("p", "nm", "w", "a", "kv", "g")  # what makes two implementations the same recipe
@@ -487,7 +491,7 @@ def model_tables(board: ModelBoard, suite: Suite) -> list[Table]:
         tables += [quantized_table(board), pruned_table(board, suite.quantizers), joint_table(board),
                    verdict_table(board, suite.noise_sigmas)]
         tables += [t for t in (implementation_table(board),) if t is not None] + interference_tables(board)
-    tables += pipeline_tables(board) + order_tables(board)
+    tables += pipeline_tables(board) + order_tables(board, suite)
     return tables + ([throughput_table(board, suite)] if suite.throughput else [])
 
 

@@ -26,7 +26,7 @@ from .hypothesis import (CER, Estimate, Judged, Paired, Point, bootstrap_advanta
                          is_collapsed_metric, judge, oriented, perplexity_pair, quant_ratio, sample_pair)
 from .prefixes import wanted_prefixes
 from .store import Measurement, MeasurementKey, Store
-from .ordering import OrderOutcome, outcome, recommend
+from .ordering import MeasuredSet, OrderOutcome, outcome
 from .suite import Case, HypothesisSpec, OrderSpec, PipelineSpec, PointSpec, Suite
 from .spec import Recipe, parse_recipe
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .compress import CompressionReport
     from .evaluate.throughput import Backend
     from .experiment import Experiment
+    from .predictors import ProbeContext
 
     Compressed = tuple[torch.nn.Module, CompressionReport, float]  # Experiment.compressed's model, report, seconds
 
@@ -88,6 +89,7 @@ class Bench:
     lookup_only: bool = False
     computed: list[str] = field(default_factory=list)  # digests computed by this process (refresh: once each)
     experiments: dict[str, Any] = field(default_factory=dict)
+    contexts: dict[str, "ProbeContext"] = field(default_factory=dict)  # per model, for the order predictors
     fingerprints: dict[str, str] = field(default_factory=dict)
     window_starts: dict[str, str] = field(default_factory=dict)  # per model: `bos` or `none` (data.bos_label)
     task_managers: dict[str, Any] = field(default_factory=dict)  # lm-eval's, built once per bench
@@ -411,19 +413,56 @@ class Bench:
                                    "estimate": estimate, "paired": paired, "alone": alone}))
         return points
 
+    def probe_context(self, model: str) -> "ProbeContext":
+        """What the order predictors work on for `model` (predictors.py): for `intensity`, the single-method metrics
+        and their stored cost; for the probes, the dense model and the calibration samples (loaded only for them)."""
+        import torch
+
+        from .predictors import ProbeContext
+
+        search = self.suite.order_search
+        name, blocks = (search.predictor, search.probe_blocks) if search else ("intensity", 4)
+        if model not in self.contexts:
+            if name == "intensity":
+                context = ProbeContext(blocks=blocks, seed=self.suite.seeds[0])
+            else:
+                experiment = self.experiment(model)
+                context = ProbeContext(experiment.loaded.model, experiment.calibration, blocks=blocks,
+                                       seed=self.suite.seeds[0], device=torch.device(experiment.device))
+            context.single_metric = lambda methods, i: self.oriented(model, methods.single(i))
+            self.contexts[model] = context
+        return self.contexts[model]
+
     def order_outcome(self, spec: OrderSpec, exhaustive: bool = True) -> tuple[OrderOutcome | None, dict]:
-        """The intensity rule on one method set: single-method M and CER (on the reference quantizer's curve),
-        the recommended order, and (`exhaustive`) every order's M with the recommendation's rank and regret."""
+        """The suite's order predictor on one method set (`order_search.predictor`, default the intensity rule:
+        single-method M and CER on the reference quantizer's curve, weakest first), and (`exhaustive`) every
+        order's M with the recommendation's rank and regret."""
+        from .predictors import predictor
+
         methods = spec.methods
-        singles = [self.oriented(spec.model, methods.single(i)) for i in range(len(methods.units))]
-        curve = self.curve(spec.model, self.suite.order_search.reference) if self.suite.order_search else None
-        cers = [cer(m, curve) if curve else None for m in singles]
-        recommended = recommend(singles)
-        details = {"singles": singles, "cers": cers, "recommended": recommended}
+        search = self.suite.order_search
+        name = search.predictor if search else "intensity"
+        prediction = predictor(name).predict(methods, self.probe_context(spec.model))
+        details = {"predictor": name, "recommended": prediction.order, "scores": prediction.scores,
+                   "cost": prediction.cost}
+        if name == "intensity":
+            singles = [self.oriented(spec.model, methods.single(i)) for i in range(len(methods.units))]
+            curve = self.curve(spec.model, search.reference) if search else None
+            details.update(singles=singles, cers=[cer(m, curve) if curve else None for m in singles])
         if not exhaustive:
             return None, details
         metrics = {order: self.oriented(spec.model, methods.recipe(order)) for order in methods.orders()}
-        return outcome(recommended, metrics), details
+        return outcome(prediction.order, metrics), details
+
+    def measured_set(self, spec: OrderSpec) -> MeasuredSet:
+        """Every order of the set with its per-window NLLs (the suite's first seed), for scoring predictors."""
+        if self.suite.metric != METRIC:
+            raise PqqpError(f"order predictors are scored on perplexity windows, the suite's metric is "
+                            f"{self.suite.metric!r}: accepted metric ppl")
+        orders = tuple(spec.methods.orders())
+        found = [self.measure(spec.model, spec.methods.recipe(o)) for o in orders]
+        return MeasuredSet(spec.methods.name, orders, np.array([m.details["window_nll"] for m in found], dtype=float),
+                           found[0].details["seqlen"] - 1)
 
     def hypothesis_points(self, spec: HypothesisSpec) -> list[tuple[Point, dict]]:
         return [self.point(p) for p in spec.points()]

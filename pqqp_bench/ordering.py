@@ -17,6 +17,8 @@ import math
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from .errors import PqqpError
 from .methods.base import Method
 from .spec import Recipe, parse_recipe
@@ -191,3 +193,119 @@ def summarize(outcomes: list[OrderOutcome]) -> OrderSummary:
 def cost_ratio(n: int) -> float:
     """Joint compressions an exhaustive search runs (n!) per single-method run the rule needs (n)."""
     return math.factorial(n) / n
+
+
+# --------------------------------------------------------------------------------- scoring order predictors
+
+
+@dataclass(frozen=True)
+class MeasuredSet:
+    """One method set with every order measured on the same evaluation windows: `nll` [orders, windows] holds
+    each window's summed NLL, every window scoring `tokens` tokens; `orders` lists the rows' orders."""
+
+    name: str
+    orders: tuple[Order, ...]
+    nll: np.ndarray
+    tokens: int
+
+    def ppl(self, windows: np.ndarray | None = None) -> np.ndarray:
+        """Each order's perplexity on all windows ([orders]) or per resample (`windows` [R, w] -> [R, orders])."""
+        if windows is None:
+            return np.exp(self.nll.sum(axis=1) / (self.tokens * self.nll.shape[1]))
+        picked = self.nll[:, windows]  # [orders, R, w]
+        return np.exp(picked.sum(axis=2) / (self.tokens * windows.shape[1])).T
+
+    def row(self, order: Order) -> int:
+        if order not in self.orders:
+            raise PqqpError(f"order {order} of set '{self.name}' was not measured: measured {list(self.orders)}")
+        return self.orders.index(order)
+
+
+@dataclass(frozen=True)
+class Interval:
+    value: float
+    low: float
+    high: float
+
+    def text(self, digits: int = 2) -> str:
+        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+@dataclass(frozen=True)
+class PredictorScore:
+    """A predictor over many measured sets. `within_noise`: sets whose picked order is not worse than the best
+    beyond window noise (the paired bootstrap interval of ppl(pick) - ppl(best) reaches 0); `exact`: sets whose
+    pick is the measured best. Regrets are ppl(pick) - ppl(best), with percentile bootstrap intervals (windows
+    resampled, shared by every order and set; for the mean, the sets too)."""
+
+    sets: int
+    within_noise: int
+    exact: int
+    mean_regret: Interval
+    worst_regret: Interval
+
+    @property
+    def within_noise_rate(self) -> float:
+        return self.within_noise / self.sets
+
+
+def within_noise(measured: MeasuredSet, pick: Order, replicates: np.ndarray, level: float) -> bool:
+    """Whether `pick` is within the window noise of the set's best order: the `level` percentile interval of the
+    paired bootstrap difference ppl(pick) - ppl(best) over `replicates` ([R, windows] indices) contains 0."""
+    full = measured.ppl()
+    best, mine = int(np.argmin(full)), measured.row(pick)
+    if mine == best:
+        return True
+    resampled = measured.ppl(replicates)
+    diff = resampled[:, mine] - resampled[:, best]
+    return bool(np.quantile(diff, (1 - level) / 2) <= 0.0)
+
+
+def regrets(measured: MeasuredSet, picks: np.ndarray, replicates: np.ndarray | None = None) -> np.ndarray:
+    """ppl(pick) - ppl(best) for the order rows `picks` ([k]); per replicate [R, k] where `replicates` is given."""
+    ppl = measured.ppl(replicates)
+    if replicates is None:
+        return ppl[picks] - ppl.min()
+    return ppl[:, picks] - ppl.min(axis=1, keepdims=True)
+
+
+def resampling(sets: list[MeasuredSet], resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The bootstrap's draws: window indices [R, windows], shared by every set (all are measured on the same
+    windows), and set indices [R, sets]."""
+    windows = {s.nll.shape[1] for s in sets}
+    if len(windows) != 1:
+        raise PqqpError(f"the sets were measured on {sorted(windows)} windows: the same windows are required")
+    width = windows.pop()
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, width, size=(resamples, width)), rng.integers(0, len(sets), size=(resamples, len(sets)))
+
+
+def score_predictor(sets: list[MeasuredSet], picks: list[Order], *, resamples: int = 2000, level: float = 0.95,
+                    seed: int = 0) -> PredictorScore:
+    """How the orders `picks` (one per set) did: within-noise and exact hits, mean and worst regret with intervals."""
+    if not sets or len(sets) != len(picks):
+        raise PqqpError(f"{len(picks)} picks for {len(sets)} sets: one pick per measured set is required")
+    replicates, chosen = resampling(sets, resamples, seed)
+    full = np.array([regrets(s, np.array([s.row(p)]))[0] for s, p in zip(sets, picks)])
+    per_rep = np.stack([regrets(s, np.array([s.row(p)]), replicates)[:, 0] for s, p in zip(sets, picks)], axis=1)
+    alpha = (1 - level) / 2
+    means = np.take_along_axis(per_rep, chosen, axis=1).mean(axis=1)
+    worst = per_rep.max(axis=1)
+    return PredictorScore(
+        len(sets), sum(within_noise(s, p, replicates, level) for s, p in zip(sets, picks)),
+        sum(s.row(p) == int(np.argmin(s.ppl())) for s, p in zip(sets, picks)),
+        Interval(float(full.mean()), *map(float, np.quantile(means, [alpha, 1 - alpha]))),
+        Interval(float(full.max()), *map(float, np.quantile(worst, [alpha, 1 - alpha]))))
+
+
+def score_random(sets: list[MeasuredSet], *, resamples: int = 2000, level: float = 0.95, seed: int = 0
+                 ) -> tuple[float, Interval]:
+    """A uniformly random order: its expected within-noise rate (the mean fraction of a set's orders within noise)
+    and its expected regret (the mean over each set's orders), with the same bootstrap as `score_predictor`."""
+    replicates, chosen = resampling(sets, resamples, seed)
+    rate = float(np.mean([np.mean([within_noise(s, o, replicates, level) for o in s.orders]) for s in sets]))
+    full = np.array([regrets(s, np.arange(len(s.orders))).mean() for s in sets])
+    per_rep = np.stack([regrets(s, np.arange(len(s.orders)), replicates).mean(axis=1) for s in sets], axis=1)
+    means = np.take_along_axis(per_rep, chosen, axis=1).mean(axis=1)
+    alpha = (1 - level) / 2
+    return rate, Interval(float(full.mean()), *map(float, np.quantile(means, [alpha, 1 - alpha])))

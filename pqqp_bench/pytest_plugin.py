@@ -69,6 +69,9 @@ GRID_OPTIONS = {
     "order_sets": "order search: method sets, '|' between sets, ';' or ', ' between methods, e.g. "
                   "'wanda:p=0.3; rtn:w=6,a=6,kv=6 | magnitude:p=0.2; rtn:w=8,a=8,kv=8'",
     "order_reference": "order search: the quantizer template whose curve gives the CERs (rtn)",
+    "order_predictor": "order search: the predictor that recommends each order: intensity (default), probe, pairwise "
+                       "or probe-intensity (predictors.py)",
+    "order_probe_blocks": "order search: decoder blocks the probe predictors sample (default 4)",
     "throughput_prompt_len": "throughput: tokens per prompt",
     "throughput_output_len": "throughput: tokens generated per prompt (ignore_eos)",
     "throughput_num_prompts": "throughput: prompts in the offline batch",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tabulate import tabulate
 
@@ -17,7 +18,10 @@ from .hypothesis import (INCONCLUSIVE, SUPPORTED, VIOLATED, ExpFit, Judged, Mono
                          exponential_fit, fit_rise, higher_is_better, interference_table, structured_zero_interference)
 from .measure import Bench, Missing
 from .ordering import OrderOutcome, OrderSummary, cost_ratio, summarize
-from .suite import HypothesisSpec, InterferenceSpec, OrderSpec, PipelineSpec, PooledSpec
+from .suite import HypothesisSpec, InterferenceSpec, OrderSpec, PipelineSpec, PooledSpec, Suite
+
+if TYPE_CHECKING:
+    from .predictors import Cost
 
 
 def trend(points: Sequence[Point]) -> ExpFit | None:
@@ -261,17 +265,25 @@ def pipeline_report(bench: Bench) -> str:
 
 
 def order_evidence(bench: Bench, spec: OrderSpec, result: OrderOutcome | None, details: dict) -> str:
-    """The single methods with their M and CER, the recommendation, and (exhaustive) every order ranked."""
+    """What the predictor saw (the single methods with their M and CER, or the probes' block errors), its
+    recommendation and cost beside the exhaustive search's, and (exhaustive) every order ranked."""
     methods, metric = spec.methods, bench.suite.metric
     sign = 1.0 if higher_is_better(metric) else -1.0  # M back to the metric's own value
-    singles = tabulate([(str(methods.units[i]), fmt(sign * m, 5), str(c) if c is not None else "-")
-                        for i, (m, c) in enumerate(zip(details["singles"], details["cers"]))],
-                       headers=["method alone", metric, f"CER on {bench.suite.order_search.reference}"
-                                if bench.suite.order_search else "CER"])
-    n = len(methods.units)
-    text = (f"{singles}\nrecommended (increasing CER, weakest first): {methods.describe(details['recommended'])}\n"
-            f"cost: {n} single runs for the rule vs {len(methods.orders())} orders exhaustively "
-            f"({cost_ratio(n):g}x more joint compressions)")
+    n, name = len(methods.units), details.get("predictor", "intensity")
+    if "singles" in details:
+        seen = tabulate([(str(methods.units[i]), fmt(sign * m, 5), str(c) if c is not None else "-")
+                         for i, (m, c) in enumerate(zip(details["singles"], details["cers"]))],
+                        headers=["method alone", metric, f"CER on {bench.suite.order_search.reference}"
+                                 if bench.suite.order_search else "CER"])
+        how = "increasing CER, weakest first"
+        cost = (f"cost: {n} single runs for the rule vs {len(methods.orders())} orders exhaustively "
+                f"({cost_ratio(n):g}x more joint compressions)")
+    else:
+        seen = tabulate([(k, fmt(v, 5)) for k, v in details["scores"].items()],
+                        headers=["probed on the sampled blocks", "block output error"])
+        how = f"{name}: smallest error of the sampled blocks' outputs"
+        cost = probe_cost_text(bench, spec, details["cost"])
+    text = f"{seen}\nrecommended ({how}): {methods.describe(details['recommended'])}\n{cost}"
     if result is None:
         return text
     ranked = sorted(result.metrics, key=lambda om: -om[1])
@@ -283,6 +295,20 @@ def order_evidence(bench: Bench, spec: OrderSpec, result: OrderOutcome | None, d
              f"(random order: best with chance {fmt(result.random_hit_rate, 3)}, expected regret "
              f"{fmt(result.random_regret, 4)})")
     return text
+
+
+def probe_cost_text(bench: Bench, spec: OrderSpec, cost: Cost) -> str:
+    """A probe predictor's cost beside the exhaustive search's (every order compressed and evaluated)."""
+    from .blocks import decoder_blocks
+    from .predictors import exhaustive_cost
+
+    s = bench.suite
+    layers = len(decoder_blocks(bench.probe_context(spec.model).model))
+    full = exhaustive_cost(spec.methods, layers, s.calib_samples * s.seqlen, s.eval_tokens)
+    return (f"cost: {cost.compressions} block compressions, {cost.forward_tokens:,} block-forward tokens, "
+            f"{cost.seconds:.1f} s; the exhaustive search: {full.full_runs} whole-model runs, {full.compressions} "
+            f"block compressions, {full.forward_tokens:,} block-forward tokens "
+            f"({cost.forward_tokens / full.forward_tokens:.1%} of its tokens)")
 
 
 def order_outcomes(bench: Bench, model: str | None = None) -> list[tuple[OrderSpec, OrderOutcome]]:
@@ -298,8 +324,14 @@ def order_outcomes(bench: Bench, model: str | None = None) -> list[tuple[OrderSp
     return found
 
 
-def summary_text(summary: OrderSummary) -> str:
-    return (f"intensity rule over {summary.sets} method sets: best order chosen in {summary.hit_rate:.0%} "
+def predictor_name(suite: Suite) -> str:
+    """The suite's order predictor as prose: `intensity rule` or `probe predictor`."""
+    name = suite.order_search.predictor if suite.order_search else "intensity"
+    return "intensity rule" if name == "intensity" else f"{name} predictor"
+
+
+def summary_text(summary: OrderSummary, predictor: str = "intensity rule") -> str:
+    return (f"{predictor} over {summary.sets} method sets: best order chosen in {summary.hit_rate:.0%} "
             f"(random order: {summary.random_hit_rate:.0%}), mean regret {fmt(summary.mean_regret, 4)} "
             f"(random order: {fmt(summary.random_regret, 4)}), mean rank {fmt(summary.mean_rank, 3)}")
 
@@ -310,10 +342,13 @@ def order_report(bench: Bench) -> str:
         return ""
     rows = [(spec.model, spec.methods.name, spec.methods.describe(r.recommended), spec.methods.describe(r.best),
              f"{r.rank}/{len(r.metrics)}", fmt(r.regret, 4), fmt(r.random_regret, 4)) for spec, r in found]
-    text = "Order search: the intensity rule (increasing CER) against every order\n" + tabulate(
+    rule = "the intensity rule (increasing CER)" if predictor_name(bench.suite) == "intensity rule" else \
+        f"the {predictor_name(bench.suite)}"
+    text = f"Order search: {rule} against every order\n" + tabulate(
         rows, headers=["model", "methods", "recommended", "best", "rank", "regret", "random regret"])
     for model in dict.fromkeys(spec.model for spec, _ in found):
-        text += f"\n{model}: " + summary_text(summarize([r for spec, r in found if spec.model == model]))
+        text += f"\n{model}: " + summary_text(summarize([r for spec, r in found if spec.model == model]),
+                                               predictor_name(bench.suite))
     return text
 
 

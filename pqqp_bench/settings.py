@@ -62,6 +62,9 @@ def check_folder(name: str, value: str | None) -> None:
         raise PqqpError(f"{name}={value!r} is a file: accepted a folder (created where missing)")
 
 
+PREDICTORS = ("intensity", "probe", "pairwise", "probe-intensity")
+"""The order predictors (predictors.py) by name: what `pqqp order --predictor` and `order_search.predictor` accept."""
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of an experiment; the CLI flags and pytest options map onto these one to one."""

@@ -24,7 +24,7 @@ import yaml
 from .errors import PqqpError
 from .evaluate.lmeval import parse_metric
 from .evaluate.throughput import ThroughputSettings
-from .settings import Settings, check_bos, check_mode, check_schedule
+from .settings import PREDICTORS, Settings, check_bos, check_mode, check_schedule
 from .methods import method_class
 from .methods.base import boolean, format_value
 from .ordering import MethodSet, parse_method_set
@@ -107,18 +107,31 @@ class OrderSearch:
 
     sets: tuple[MethodSet, ...]
     reference: str = "rtn"
+    predictor: str = "intensity"  # which predictor recommends the order (predictors.PREDICTORS)
+    probe_blocks: int = 4  # decoder blocks the probe predictors sample
+
+
+ORDER_KEYS = ("sets", "reference", "predictor", "probe_blocks")
 
 
 def order_search_section(value: Any) -> OrderSearch | None:
-    """`order_search: {reference: rtn, sets: ['wanda:p=0.3; rtn:w=6,a=6,kv=6; sparsegpt:p=0.1', ...]}`."""
+    """`order_search: {reference: rtn, predictor: probe, probe_blocks: 4, sets: ['wanda:p=0.3; rtn:w=6; ...', ...]}`."""
     if value is None or isinstance(value, OrderSearch):
         return value
-    accepted = "accepted a mapping {sets: [method sets], reference: quantizer template}"
+    accepted = "accepted a mapping {sets: [method sets], reference: quantizer template, predictor: name, probe_blocks: n}"
     if not isinstance(value, dict):
         raise PqqpError(f"bad value order_search={value!r} in the suite: {accepted}")
-    unknown = sorted(set(value) - {"sets", "reference"})
+    unknown = sorted(set(value) - set(ORDER_KEYS))
     if unknown:
-        raise PqqpError(f"unknown order_search key '{unknown[0]}' in the suite: accepted sets, reference")
+        raise PqqpError(f"unknown order_search key '{unknown[0]}' in the suite: accepted {', '.join(ORDER_KEYS)}")
+    predictor = str(value.get("predictor") or "intensity")
+    if predictor not in PREDICTORS:
+        raise PqqpError(f"bad value order_search.predictor={predictor!r} in the suite: accepted {', '.join(PREDICTORS)}")
+    blocks = value.get("probe_blocks", 4)
+    if isinstance(blocks, str) and blocks.strip().isdigit():
+        blocks = int(blocks)
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+        raise PqqpError(f"bad value order_search.probe_blocks={blocks!r} in the suite: accepted a positive integer")
     sets = value.get("sets")
     if not isinstance(sets, list) or not sets:
         raise PqqpError(f"bad value order_search.sets={sets!r} in the suite: accepted a non-empty list of method sets, "
@@ -126,7 +139,7 @@ def order_search_section(value: Any) -> OrderSearch | None:
     parsed = tuple(parse_method_set(str(text)) for text in sets)
     if len({m.id for m in parsed}) != len(parsed):
         raise PqqpError("order_search.sets names the same method set twice: accepted distinct sets")
-    return OrderSearch(parsed, str(value.get("reference") or "rtn"))
+    return OrderSearch(parsed, str(value.get("reference") or "rtn"), predictor, blocks)
 
 
 @dataclass(frozen=True)

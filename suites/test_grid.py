@@ -21,8 +21,9 @@
   puts the weaker stage earlier (a point at x = 0 comparing a recipe with itself anchors A = 0), with the same
   three outcomes.
 * `test_order_search` (suites with an `order_search` section, App. D.7): every order of one method set is
-  measured; prints the rule's recommendation (increasing CER from the single runs), its rank and its regret.
-  `test_order_rule`: over all sets of a model, the rule's mean regret is at most a random order's (the exact
+  measured; prints the predictor's recommendation (`order_search.predictor`: by default the intensity rule,
+  increasing CER from the single runs; or a probe on sampled blocks, predictors.py), its rank and its regret.
+  `test_order_rule`: over all sets of a model, the predictor's mean regret is at most a random order's (the exact
   mean over all permutations) — the measured claim, which may fail; the figures say by how much.
 * `test_throughput` (suites with a `throughput` section): the recipe's generation tokens/s (vLLM on its
   exported checkpoint, or the transformers fallback, which the row names) and its speed-up over dense, with the
@@ -39,7 +40,7 @@ import pytest
 from pqqp_bench.errors import PqqpError
 from pqqp_bench.hypothesis import INCONCLUSIVE, VIOLATED
 from pqqp_bench.ordering import summarize
-from pqqp_bench.report import interference_verdict, order_evidence, pipeline_verdict, summary_text
+from pqqp_bench.report import interference_verdict, order_evidence, pipeline_verdict, predictor_name, summary_text
 from pqqp_bench.report import verdict as report_verdict
 
 
@@ -139,7 +140,8 @@ def test_order_rule(pqqp_bench, pqqp_order_rule) -> None:
     rows = "\n".join(f"{s.methods.name}: rank {r.rank}/{len(r.metrics)}, regret {r.regret:.4g}, random regret "
                      f"{r.random_regret:.4g}" for s, r in zip(specs, outcomes))
     summary = summarize(outcomes)
-    text = f"{pqqp_order_rule}: {summary_text(summary)}\n{rows}"
+    predictor = predictor_name(pqqp_bench.suite)
+    text = f"{pqqp_order_rule}: {summary_text(summary, predictor)}\n{rows}"
     print(f"\n{text}")
     assert summary.mean_regret <= summary.random_regret, (
-        f"the intensity order loses more than a random order on average:\n{text}")
+        f"the order of {predictor} loses more than a random order on average:\n{text}")
