@@ -1,8 +1,9 @@
 """Order predictors against the exhaustive search (paper Problem 1, App. D.7).
 
     python benchmarks/order_prediction.py [--suite suites/order-prediction.yaml] \
-        [--store results/order-prediction.sqlite] [--out leaderboard/order-prediction] [--probe-blocks 4] \
-        [--predictors intensity,probe,pairwise,probe-intensity] [--threads 1]
+        [--store results/order-prediction.sqlite] [--out leaderboard/order-prediction] [--probe-blocks 2] \
+        [--predictors intensity,probe,pairwise,probe-intensity] [--threads 1] \
+        [--probes results/order-prediction-probes.json] [--predict-only]
 
 Reads every order of every method set of the suite from the store (`pytest suites/ --pqqp-suite ... --pqqp-store
 ...` measures them; sets not yet complete are left out and counted), runs each predictor of predictors.py on each
@@ -46,11 +47,35 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--suite", default="suites/order-prediction.yaml")
     parser.add_argument("--store", default="results/order-prediction.sqlite")
     parser.add_argument("--out", default="leaderboard/order-prediction")
-    parser.add_argument("--probe-blocks", type=int, default=4, help="decoder blocks the probes sample (default 4)")
+    parser.add_argument("--probe-blocks", type=int, default=2, help="decoder blocks the probes sample (default 2)")
     parser.add_argument("--predictors", default=",".join(PREDICTORS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resamples", type=int, default=2000)
+    parser.add_argument("--probes", default="results/order-prediction-probes.json",
+                        help="where the probe predictors' predictions are kept (a re-run resumes)")
+    parser.add_argument("--predict-only", action="store_true",
+                        help="only run the probe predictors (no measurement needed: beside the suite's run)")
     return parser.parse_args()
+
+
+def probe_predictions(args: argparse.Namespace, specs: list, context: ProbeContext, names: list[str]) -> dict:
+    """Each probe predictor's prediction for every set, kept in `--probes` (a re-run resumes; they need no
+    measurement, so they can run beside the suite)."""
+    path = Path(args.probes)
+    found = json.loads(path.read_text()) if path.exists() else {}
+    for spec in specs:
+        for name in names:
+            key = f"{name}|{args.probe_blocks}|{spec.methods.name}"
+            if name == "intensity" or key in found:
+                continue
+            begun = time.perf_counter()
+            prediction = predictor(name).predict(spec.methods, context)
+            found[key] = {"order": list(prediction.order), "text": spec.methods.describe(prediction.order),
+                          "scores": prediction.scores, "cost": asdict(prediction.cost),
+                          "wall_s": time.perf_counter() - begun}
+            write_text(path, json.dumps(found, indent=1) + "\n")
+            print(f"{name} on {spec.methods.name}: {found[key]['text']} ({found[key]['wall_s']:.0f} s)", flush=True)
+    return found
 
 
 def main() -> None:
@@ -59,20 +84,7 @@ def main() -> None:
     suite = load_suite(args.suite)
     bench = Bench(suite, Store(args.store), lookup_only=True, progress=False)
     specs = suite.order_specs()
-    complete, sets, used = [], [], []
-    for spec in specs:
-        try:
-            measured = bench.measured_set(spec)
-            singles = [bench.measure(spec.model, spec.methods.single(i)) for i in range(len(spec.methods.units))]
-        except Missing:
-            continue
-        complete.append(spec)
-        sets.append(measured)
-        used += [bench.measure(spec.model, spec.methods.recipe(o)) for o in spec.methods.orders()] + singles
-    print(f"{len(complete)} of {len(specs)} method sets have every order and every single method stored")
-    if not complete:
-        raise SystemExit("nothing to score: run the suite first")
-    model = complete[0].model
+    model = specs[0].model
     experiment = bench.experiment(model)
     layers = len(decoder_blocks(experiment.loaded.model))
     calib_tokens, eval_tokens = suite.calib_samples * suite.seqlen, suite.eval_tokens
@@ -88,6 +100,22 @@ def main() -> None:
     context = ProbeContext(experiment.loaded.model, experiment.calibration, blocks=args.probe_blocks,
                            seed=suite.seeds[0], single_metric=single_metric, single_cost=single_cost)
     names = [n.strip() for n in args.predictors.split(",") if n.strip()]
+    probes = probe_predictions(args, specs, context, names)
+    if args.predict_only:
+        return
+    complete, sets, used = [], [], []
+    for spec in specs:
+        try:
+            measured = bench.measured_set(spec)
+            singles = [bench.measure(spec.model, spec.methods.single(i)) for i in range(len(spec.methods.units))]
+        except Missing:
+            continue
+        complete.append(spec)
+        sets.append(measured)
+        used += [bench.measure(spec.model, spec.methods.recipe(o)) for o in spec.methods.orders()] + singles
+    print(f"{len(complete)} of {len(specs)} method sets have every order and every single method stored")
+    if not complete:
+        raise SystemExit("nothing to score: run the suite first")
     rows: list[dict] = []
     for spec, measured in zip(complete, sets):
         full = exhaustive_cost(spec.methods, layers, calib_tokens, eval_tokens)
@@ -98,11 +126,13 @@ def main() -> None:
                "exhaustive": asdict(Cost(full.compressions, full.forward_tokens, seconds, full.full_runs)),
                "predictions": {}}
         for name in names:
-            begun = time.perf_counter()
-            prediction = predictor(name).predict(spec.methods, context)
-            took = time.perf_counter() - begun
-            row["predictions"][name] = {"order": list(prediction.order), "text": spec.methods.describe(prediction.order),
-                                        "scores": prediction.scores, "cost": asdict(prediction.cost), "wall_s": took}
+            if name == "intensity":
+                prediction = predictor(name).predict(spec.methods, context)
+                row["predictions"][name] = {"order": list(prediction.order),
+                                            "text": spec.methods.describe(prediction.order),
+                                            "scores": prediction.scores, "cost": asdict(prediction.cost)}
+            else:
+                row["predictions"][name] = probes[f"{name}|{args.probe_blocks}|{spec.methods.name}"]
         rows.append(row)
         print(f"{spec.methods.name}: best {min(row['orders'], key=row['orders'].get)}; "
               + "; ".join(f"{n} {row['predictions'][n]['text']}" for n in names))

@@ -521,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how the order is predicted: intensity (single runs, increasing CER), probe (every order on "
                             "sampled blocks), pairwise (each pair both ways on sampled blocks), probe-intensity (each "
                             "method alone on sampled blocks, weakest first); default intensity")
-    order.add_argument("--probe-blocks", type=int, default=4, help="decoder blocks the probe predictors sample (default 4)")
+    order.add_argument("--probe-blocks", type=int, default=2, help="decoder blocks the probe predictors sample (default 2)")
     order.add_argument("--reference", default="rtn",
                        help="the quantizer whose curve gives the CERs, a template such as rtn or 'quarot > gptq:g=64' "
                             "(default rtn; bits fill w, a and kv)")

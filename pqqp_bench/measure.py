@@ -421,7 +421,7 @@ class Bench:
         from .predictors import ProbeContext
 
         search = self.suite.order_search
-        name, blocks = (search.predictor, search.probe_blocks) if search else ("intensity", 4)
+        name, blocks = (search.predictor, search.probe_blocks) if search else ("intensity", 2)
         if model not in self.contexts:
             if name == "intensity":
                 context = ProbeContext(blocks=blocks, seed=self.suite.seeds[0])

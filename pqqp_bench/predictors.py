@@ -88,7 +88,7 @@ class ProbeContext:
 
     model: nn.Module | None = None
     calibration: torch.Tensor | None = None
-    blocks: int = 4
+    blocks: int = 2
     seed: int = 0
     device: torch.device = torch.device("cpu")
     single_metric: Callable[[MethodSet, int], float] | None = None
@@ -185,6 +185,8 @@ def probe_error(methods: MethodSet, units: tuple[int, ...], context: ProbeContex
     """The mean `block_error` over the sampled blocks of the layer-scope `units` applied in that order."""
     probes, _ = context.probes(methods.basis)
     stages = tuple(s for i in units for s in methods.units[i].stages)
+    for stage in stages:  # the engine's check, before any work: e.g. a group size that does not divide a layer
+        stage.validate(block_linears(probes[0].block))
     total, cost = 0.0, Cost()
     for probe in probes:
         error, spent = block_error(probe, stages, context.seed)

@@ -71,7 +71,7 @@ GRID_OPTIONS = {
     "order_reference": "order search: the quantizer template whose curve gives the CERs (rtn)",
     "order_predictor": "order search: the predictor that recommends each order: intensity (default), probe, pairwise "
                        "or probe-intensity (predictors.py)",
-    "order_probe_blocks": "order search: decoder blocks the probe predictors sample (default 4)",
+    "order_probe_blocks": "order search: decoder blocks the probe predictors sample (default 2)",
     "throughput_prompt_len": "throughput: tokens per prompt",
     "throughput_output_len": "throughput: tokens generated per prompt (ignore_eos)",
     "throughput_num_prompts": "throughput: prompts in the offline batch",

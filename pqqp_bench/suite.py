@@ -108,7 +108,7 @@ class OrderSearch:
     sets: tuple[MethodSet, ...]
     reference: str = "rtn"
     predictor: str = "intensity"  # which predictor recommends the order (predictors.PREDICTORS)
-    probe_blocks: int = 4  # decoder blocks the probe predictors sample
+    probe_blocks: int = 2  # decoder blocks the probe predictors sample
 
 
 ORDER_KEYS = ("sets", "reference", "predictor", "probe_blocks")
@@ -127,7 +127,7 @@ def order_search_section(value: Any) -> OrderSearch | None:
     predictor = str(value.get("predictor") or "intensity")
     if predictor not in PREDICTORS:
         raise PqqpError(f"bad value order_search.predictor={predictor!r} in the suite: accepted {', '.join(PREDICTORS)}")
-    blocks = value.get("probe_blocks", 4)
+    blocks = value.get("probe_blocks", 2)
     if isinstance(blocks, str) and blocks.strip().isdigit():
         blocks = int(blocks)
     if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:

@@ -206,3 +206,8 @@ def test_suite_key_and_option_choose_the_predictor(tmp_path: Path) -> None:
         path.write_text(f"order_search:\n  sets: ['wanda:p=0.3; rtn:w=4']\n  {bad}\n")
         with pytest.raises(PqqpError, match=match):
             load_suite(path)
+
+
+def test_a_recipe_the_blocks_cannot_take_is_refused_before_probing(calibration: torch.Tensor) -> None:
+    with pytest.raises(PqqpError, match="group size g=48 does not divide in_features=64"):
+        predictor("probe").predict(parse_method_set("rtn:w=4,g=48; wanda:p=0.2"), context(tiny_llama(), calibration))
