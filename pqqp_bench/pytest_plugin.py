@@ -34,6 +34,7 @@ from .ray_runner import ADDRESSES, LOCAL, ray_address
 from .settings import KNOBS
 
 if TYPE_CHECKING:
+    from .analysis import Analysis
     from .experiment import Experiment
     from .measure import Bench
     from .store import Store
@@ -43,8 +44,6 @@ SUITE = pytest.StashKey["Suite"]()
 GATE_REPORT = pytest.StashKey[str]()
 GATE_FAILED = pytest.StashKey[bool]()
 RAY_SUMMARY = pytest.StashKey[str]()
-SLOW_METHODS = ("sparsegpt", "gptq", "sleb", "share", "lora", "mpq")
-
 # option -> help; each overrides the suite key of the same name (lists: comma-separated, e.g. --pqqp-seed 0,1,2;
 # templates with parameters: separated by ';')
 GRID_OPTIONS = {
@@ -210,7 +209,7 @@ def suite_of(config: pytest.Config) -> "Suite":
 
 
 def marks_for(recipe) -> list:
-    slow = any(s.name in SLOW_METHODS for s in recipe.stages)
+    slow = any(s.slow for s in recipe.stages)
     return [pytest.mark.pqqp, *([pytest.mark.slow] if slow else [])]
 
 
@@ -306,6 +305,14 @@ def pqqp_bench(pytestconfig: pytest.Config, pqqp_suite: "Suite", pqqp_store: "St
 
 
 @pytest.fixture(scope="session")
+def pqqp_analysis(pqqp_bench: "Bench") -> "Analysis":
+    """The paper's quantities (CER, A, verdicts, order outcomes) from `pqqp_bench`'s measurements (analysis.py)."""
+    from .analysis import Analysis
+
+    return Analysis(pqqp_bench)
+
+
+@pytest.fixture(scope="session")
 def pqqp_experiment(pqqp_bench: "Bench") -> "Experiment":
     """The suite's first model with its corpus, calibration samples and evaluation windows, loaded once per
     session and shared with `pqqp_bench` (for tests of one's own: `pqqp_experiment.run(recipe)`)."""
@@ -380,6 +387,7 @@ def summary(terminalreporter, config: pytest.Config) -> None:
     if not path.exists():
         return
     from .measure import Bench
+    from .analysis import Analysis
     from .report import full_report
     from .store import Store
 
@@ -388,7 +396,7 @@ def summary(terminalreporter, config: pytest.Config) -> None:
     try:
         with Store(path) as store:
             bench = Bench(suite_of(config), store, lookup_only=True, cache_dir=config.getoption("pqqp_cache_dir"))
-            text = "\n\n".join(part for part in (full_report(bench), throughput_report(bench)) if part)
+            text = "\n\n".join(part for part in (full_report(Analysis(bench)), throughput_report(bench)) if part)
     except Exception as exc:  # a summary must never hide the test outcome
         terminalreporter.write_line(f"pqqp: no summary: {type(exc).__name__}: {exc}")
         return
