@@ -157,3 +157,15 @@ def test_listings_do_not_import_torch() -> None:
             "print('torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False False", out
+
+
+def test_slow_marks_follow_what_methods_declare() -> None:
+    from pqqp_bench.pytest_plugin import marks_for
+    from pqqp_bench.spec import parse_recipe
+
+    def slow(text: str) -> bool:
+        return any(m.name == "slow" for m in marks_for(parse_recipe(text)))
+
+    assert slow("wanda:p=0.3 > gptq:w=4") and slow("sleb:p=0.2") and not slow("wanda:p=0.3 > rtn:w=4")
+    assert [name for name, m in registry().methods.items() if m.method.slow and m.builtin] == \
+        ["sparsegpt", "sleb", "gptq", "mpq", "share", "lora"]
