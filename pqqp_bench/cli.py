@@ -19,7 +19,7 @@ from tabulate import tabulate
 from . import __version__
 from .errors import PqqpError
 from .paths import output_file, output_folder, same_file, write_text
-from .ray_runner import ADDRESSES, LOCAL
+from .ray_runner import ADDRESSES, LOCAL, RAY_OPTIONS
 from .settings import KNOBS, PREDICTORS, Knob, Settings
 from .store import default_store_path
 
@@ -136,9 +136,8 @@ def command_suite(args: argparse.Namespace) -> int:
         if args.ray is not None:  # the missing cases on Ray first; the loop below then finds them stored
             from .ray_runner import run_on_ray
 
-            done = run_on_ray(suite, store, address=args.ray, workers=args.ray_workers,
-                              cpus_per_worker=args.ray_cpus_per_worker, gpus_per_worker=args.ray_gpus_per_worker,
-                              refresh=args.refresh, cache_dir=args.cache_dir, trust_remote_code=args.trust_remote_code,
+            done = run_on_ray(suite, store, address=args.ray,
+                              **{o.name: getattr(args, f"ray_{o.name}") for o in RAY_OPTIONS}, refresh=args.refresh, cache_dir=args.cache_dir, trust_remote_code=args.trust_remote_code,
                               progress=not args.no_progress)
             bench.computed.extend(done.digests)  # refreshed already: not again
         bar = tqdm(cases, desc="cases", unit="case", disable=args.no_progress)
@@ -464,13 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"with --suite: compute the missing cases on Ray workers first, each stored in --store as it "
                           f"finishes (needs pqqp-bench[ray]; workers read the models and corpus by the same paths). "
                           f"ADDRESS: {ADDRESSES}; default local")
-    run.add_argument("--ray-workers", type=int, default=2, metavar="N",
-                     help="with --ray: worker processes, each keeping its loaded model between cases (default 2)")
-    run.add_argument("--ray-cpus-per-worker", type=int, default=1, metavar="N",
-                     help="with --ray: CPUs each worker requests and computes with (torch threads; default 1)")
-    run.add_argument("--ray-gpus-per-worker", type=float, default=None, metavar="N",
-                     help="with --ray: GPUs each worker requests, 0.5 to share one (default 1 where the cluster has "
-                          "GPUs, else 0)")
+    for option in RAY_OPTIONS:
+        run.add_argument(option.flag(), type=option.kind, default=option.default, metavar="N",
+                         help=f"with --ray: {option.help}")
     run.add_argument("--both-orders", action="store_true",
                      help="also run each multi-stage recipe in reverse order; for one pruner and one quantizer, print "
                           "A(Q→P) with its standard error and x = C*_P − C_Q (measuring the pruner alone and the "

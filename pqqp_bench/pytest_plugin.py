@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
-from .ray_runner import ADDRESSES, LOCAL, ray_address
+from .ray_runner import ADDRESSES, LOCAL, RAY_OPTIONS, ray_address
 from .settings import KNOBS
 
 if TYPE_CHECKING:
@@ -101,9 +101,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=f"first compute the suite's missing cases on Ray workers into the store, then run the tests "
                          f"on the stored results (needs pqqp-bench[ray]; not with -n). ADDRESS: {ADDRESSES}; default "
                          f"local; before test paths write --pqqp-ray=ADDRESS")
-    group.addoption("--pqqp-ray-workers", type=int, default=2, metavar="N",
-                    help="with --pqqp-ray: Ray worker processes, one CPU each, or one GPU each where the cluster has "
-                         "GPUs (default 2)")
+    for option in RAY_OPTIONS:
+        group.addoption(option.flag("--pqqp-ray-"), type=option.kind, default=option.default, metavar="N",
+                        help=f"with --pqqp-ray: {option.help}")
     group.addoption("--pqqp-gate", default=None, metavar="BASELINE",
                     help="at the end of the session compare the store with this baseline JSON; the session fails "
                          "when a case regressed")
@@ -293,9 +293,9 @@ def pqqp_bench(pytestconfig: pytest.Config, pqqp_suite: "Suite", pqqp_store: "St
     if address is not None:
         from .ray_runner import run_on_ray
 
-        workers = pytestconfig.getoption("pqqp_ray_workers")
+        workers = {o.name: pytestconfig.getoption(f"pqqp_ray_{o.name}") for o in RAY_OPTIONS}
         try:
-            done = run_on_ray(pqqp_suite, pqqp_store, address=address, workers=workers, refresh=bench.refresh,
+            done = run_on_ray(pqqp_suite, pqqp_store, address=address, **workers, refresh=bench.refresh,
                               cache_dir=bench.cache_dir, trust_remote_code=bench.trust_remote_code, progress=False)
         except PqqpError as exc:
             raise pytest.UsageError(f"pqqp: {exc}") from None
