@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pqqp_bench.analysis import Analysis
 from pqqp_bench.experiment import Experiment
 from pqqp_bench.hypothesis import cer, metric_from_ppl, quant_ratio
 from pqqp_bench.measure import Bench
@@ -47,7 +48,7 @@ def harness(suite: Suite) -> tuple[dict, float, int]:
             bench.measure_case(case)
         values = {}
         for spec in suite.points():
-            point, extra = bench.point(spec)
+            point, extra = Analysis(bench).point(spec)
             values[key(spec)] = (extra["ppl_qp"][0], extra["ppl_pq"][0], point.cer_p.value)
         cache = next(iter(bench.experiments.values())).prefixes
         print(f"prefix cache: {cache.hits} cases started from a cached prefix, {cache.misses} from the dense model, "

@@ -31,6 +31,7 @@ import torch
 from tabulate import tabulate
 
 from pqqp_bench.blocks import decoder_blocks
+from pqqp_bench.analysis import Analysis
 from pqqp_bench.environment import environment
 from pqqp_bench.measure import Bench, Missing
 from pqqp_bench.ordering import MeasuredSet, MethodSet, score_predictor, score_random
@@ -83,6 +84,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     suite = load_suite(args.suite)
     bench = Bench(suite, Store(args.store), lookup_only=True, progress=False)
+    analysis = Analysis(bench)
     specs = suite.order_specs()
     model = specs[0].model
     experiment = bench.experiment(model)
@@ -90,7 +92,7 @@ def main() -> None:
     calib_tokens, eval_tokens = suite.calib_samples * suite.seqlen, suite.eval_tokens
 
     def single_metric(methods: MethodSet, i: int) -> float:
-        return bench.oriented(model, methods.single(i))
+        return analysis.oriented(model, methods.single(i))
 
     def single_cost(methods: MethodSet, i: int) -> Cost:
         seconds = bench.measure(model, methods.single(i)).details.get("seconds", {})
@@ -106,7 +108,7 @@ def main() -> None:
     complete, sets, used = [], [], []
     for spec in specs:
         try:
-            measured = bench.measured_set(spec)
+            measured = analysis.measured_set(spec)
             singles = [bench.measure(spec.model, spec.methods.single(i)) for i in range(len(spec.methods.units))]
         except Missing:
             continue

@@ -19,7 +19,7 @@ from tabulate import tabulate
 from . import __version__
 from .errors import PqqpError
 from .paths import output_file, output_folder, same_file, write_text
-from .ray_runner import ADDRESSES, LOCAL
+from .ray_runner import ADDRESSES, LOCAL, RAY_OPTIONS
 from .settings import KNOBS, PREDICTORS, Knob, Settings
 from .store import default_store_path
 
@@ -120,6 +120,7 @@ def command_suite(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .measure import Bench, progress_line
+    from .analysis import Analysis
     from .report import full_report
     from .store import Store
 
@@ -135,9 +136,8 @@ def command_suite(args: argparse.Namespace) -> int:
         if args.ray is not None:  # the missing cases on Ray first; the loop below then finds them stored
             from .ray_runner import run_on_ray
 
-            done = run_on_ray(suite, store, address=args.ray, workers=args.ray_workers,
-                              cpus_per_worker=args.ray_cpus_per_worker, gpus_per_worker=args.ray_gpus_per_worker,
-                              refresh=args.refresh, cache_dir=args.cache_dir, trust_remote_code=args.trust_remote_code,
+            done = run_on_ray(suite, store, address=args.ray,
+                              **{o.name: getattr(args, f"ray_{o.name}") for o in RAY_OPTIONS}, refresh=args.refresh, cache_dir=args.cache_dir, trust_remote_code=args.trust_remote_code,
                               progress=not args.no_progress)
             bench.computed.extend(done.digests)  # refreshed already: not again
         bar = tqdm(cases, desc="cases", unit="case", disable=args.no_progress)
@@ -145,7 +145,7 @@ def command_suite(args: argparse.Namespace) -> int:
             for m in bench.measure_case(case):
                 bar.write(progress_line(index, len(cases), m))
         run_throughput(bench)
-        print("\n" + full_report(Bench(suite, store, lookup_only=True, cache_dir=args.cache_dir)))
+        print("\n" + full_report(Analysis(Bench(suite, store, lookup_only=True, cache_dir=args.cache_dir))))
         if suite.throughput:
             from .leaderboard import throughput_report
 
@@ -340,6 +340,7 @@ def command_order(args: argparse.Namespace) -> int:
     of decoder blocks. With --exhaustive, measure every order and report the recommendation's rank and regret."""
     from tqdm.auto import tqdm
 
+    from .analysis import Analysis
     from .measure import Bench
     from .ordering import parse_method_set
     from .spec import parse_recipe
@@ -372,8 +373,9 @@ def command_order(args: argparse.Namespace) -> int:
         measured = {}
         for recipe in tqdm(plan, desc="measurements", unit="recipe", disable=args.no_progress):
             measured[recipe] = bench.measure(spec.model, recipe)
-        result, details = bench.order_outcome(spec, exhaustive=args.exhaustive)
-        print("\n" + order_evidence(bench, spec, result, details))
+        analysis = Analysis(bench)
+        result, details = analysis.order_outcome(spec, exhaustive=args.exhaustive)
+        print("\n" + order_evidence(analysis, spec, result, details))
         parts = []
         if rule:
             parts.append(f"the rule's {len(singles)} single runs took {sum(seconds_of(measured[r]) for r in singles):.0f} s")
@@ -386,7 +388,7 @@ def command_order(args: argparse.Namespace) -> int:
 
 
 def command_models(args: argparse.Namespace) -> int:
-    from .models import available_models
+    from .catalog import available_models
 
     print(tabulate(available_models(), headers=["name", "status", "model"], maxcolwidths=[None, 50, 40]))
     print("\nAlso accepted: any HF hub id (where the hub or its cache is reachable), a local HF folder, a .gguf file.")
@@ -394,24 +396,21 @@ def command_models(args: argparse.Namespace) -> int:
 
 
 def command_corpora(args: argparse.Namespace) -> int:
-    from .data import available_corpora
+    from .catalog import available_corpora
 
     print(tabulate(available_corpora(), headers=["corpus", "status"], maxcolwidths=[None, 90]))
     return 0
 
 
 def command_methods(args: argparse.Namespace) -> int:
-    from .methods import registry
+    """`pqqp methods`: the registry's table, cached per method code and plugin set (listing.py)."""
+    from .listing import HEADERS, method_listing
+    from .paths import default_cache_dir
 
-    found = registry()
-    rows = [
-        (name, m.method.kind, m.method.granularity, "yes" if m.method.needs_calibration else "no",
-         ", ".join(f"{p.name} ({p.accepted})" for p in m.method.params), f"{m.package} {m.version}", m.method.summary)
-        for name, m in found.methods.items()
-    ]
-    print(tabulate(rows, headers=["method", "kind", "granularity", "calib.", "parameters", "source", "what"],
+    table = method_listing(default_cache_dir())
+    print(tabulate(table["rows"], headers=HEADERS,
                    maxcolwidths=[None, None, 16, 6, 32, None, 17]))  # 120 columns (wider for a long plugin name)
-    for name, why in found.broken.items():
+    for name, why in table["broken"].items():
         print(f"pqqp: plugin method '{name}' failed to load and is left out: {why}", file=sys.stderr)
     return 0
 
@@ -464,13 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"with --suite: compute the missing cases on Ray workers first, each stored in --store as it "
                           f"finishes (needs pqqp-bench[ray]; workers read the models and corpus by the same paths). "
                           f"ADDRESS: {ADDRESSES}; default local")
-    run.add_argument("--ray-workers", type=int, default=2, metavar="N",
-                     help="with --ray: worker processes, each keeping its loaded model between cases (default 2)")
-    run.add_argument("--ray-cpus-per-worker", type=int, default=1, metavar="N",
-                     help="with --ray: CPUs each worker requests and computes with (torch threads; default 1)")
-    run.add_argument("--ray-gpus-per-worker", type=float, default=None, metavar="N",
-                     help="with --ray: GPUs each worker requests, 0.5 to share one (default 1 where the cluster has "
-                          "GPUs, else 0)")
+    for option in RAY_OPTIONS:
+        run.add_argument(option.flag(), type=option.kind, default=option.default, metavar="N",
+                         help=f"with --ray: {option.help}")
     run.add_argument("--both-orders", action="store_true",
                      help="also run each multi-stage recipe in reverse order; for one pruner and one quantizer, print "
                           "A(Q→P) with its standard error and x = C*_P − C_Q (measuring the pruner alone and the "

@@ -24,9 +24,9 @@ import copy
 import math
 import time
 from collections import Counter
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
@@ -36,6 +36,7 @@ from transformers import PreTrainedModel
 from .blocks import block_attention, block_call_kwargs, block_linears, capture_block_inputs, decoder_blocks, move_outside_blocks, run_block
 from .errors import PqqpError
 from .methods import B_ORIG, LayerWork, Method
+from .methods.statistics import input_statistics
 from .methods.quantize import WeightGrid
 from .offload import home_of, refuse_model_scope, visiting
 from .settings import check_schedule
@@ -107,35 +108,6 @@ class CompressionReport:
 def bits_label(achieved: dict) -> str:
     """The achieved bit widths as text, e.g. `W4 A4 KV4` (empty where nothing is quantized)."""
     return " ".join(f"{k.upper()}{achieved[f'{k}_bits']}" for k in ("w", "a", "kv") if achieved.get(f"{k}_bits"))
-
-
-@contextmanager
-def input_statistics(linears: dict[str, nn.Linear], kind: str) -> Iterator[dict[str, torch.Tensor]]:
-    """Accumulate, through forward hooks, each Linear's input statistic over the tokens it sees.
-
-    `sqnorm`: sum over tokens of x_j^2 per input feature (Wanda's ||X_j||_2^2). `hessian`: X^T X (GPTQ's H/2).
-    The hooks see the inputs after any activation fake-quant pre-hook, i.e. what the layer really computes on.
-    Linears fed the very same tensor (q/k/v, gate/up) share one computation.
-    """
-    stats: dict[str, torch.Tensor] = {}
-    last: list = [None, None]  # the last input tensor seen and its statistic (held, so its id cannot recur)
-
-    def hook_for(name: str):
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            if args[0] is not last[0]:
-                x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-                last[:] = [args[0], (x * x).sum(dim=0) if kind == "sqnorm" else x.T @ x]
-            stats[name] = stats[name] + last[1] if name in stats else last[1].clone()
-
-        return hook
-
-    handles = [linear.register_forward_hook(hook_for(name)) for name, linear in linears.items()]
-    try:
-        yield stats
-    finally:
-        last.clear()
-        for handle in handles:
-            handle.remove()
 
 
 def broken_invariants(work: LayerWork, name: str, weight: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
@@ -451,7 +423,8 @@ def model_stage(model: PreTrainedModel, stage: Method, calibration: torch.Tensor
     """Apply one model-scope stage (block removal, a rotation, a model-wide quantizer) and carry what it did into
     the block works (grids, bits, masks) and the report (its structure record, plugin flags)."""
     began = time.perf_counter()
-    result = stage.apply_model(model, calibration, device, seed, progress=progress)
+    engine = {"layer_pass": layer_pass} if stage.uses_layer_pass else {}
+    result = stage.apply_model(model, calibration, device, seed, progress=progress, **engine)
     for block in decoder_blocks(model):  # a model-scope stage may have replaced Linear modules
         if id(block) in works:
             works[id(block)].linears = block_linears(block)

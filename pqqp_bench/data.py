@@ -25,16 +25,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .errors import PqqpError
-from .paths import default_cache_dir
+from .catalog import AUSTEN_HINT, AUSTEN_NOVELS, austen_dir
 from .settings import DEFAULT_HOLDOUT, check_bos
-
-AUSTEN_NOVELS = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion")
-AUSTEN_SUBDIR = "usr/lib/R/site-library/janeaustenr/data"
-AUSTEN_HINT = (
-    "run scripts/setup.sh (it extracts Debian's r-cran-janeaustenr into the cache without R), or "
-    "apt-get download r-cran-janeaustenr && dpkg -x r-cran-janeaustenr_*.deb DIR and set PQQP_AUSTEN_DIR=DIR"
-)
-
 
 @dataclass(frozen=True)
 class Texts:
@@ -106,12 +98,6 @@ def pydoc_text() -> Texts:
 
     text = "\n\n".join(topics.topics[key] for key in sorted(topics.topics))
     return Texts("pydoc", "CPython pydoc_data.topics (stdlib)", text=text)
-
-
-def austen_dir() -> Path | None:
-    candidates = [Path(os.environ["PQQP_AUSTEN_DIR"]) / AUSTEN_SUBDIR] if os.environ.get("PQQP_AUSTEN_DIR") else []
-    candidates += [default_cache_dir() / "janeaustenr" / AUSTEN_SUBDIR, Path("/") / AUSTEN_SUBDIR]
-    return next((c for c in candidates if (c / "Rdata.rdb").exists()), None)
 
 
 def austen_text() -> Texts:
@@ -250,18 +236,3 @@ def load_corpus(name: str, tokenizer: PreTrainedTokenizerBase, holdout: float = 
         "train split calibrates, test split evaluates",
         start,
     )
-
-
-def available_corpora() -> list[tuple[str, str]]:
-    """(name, status) for `pqqp corpora`."""
-    rows = [("pydoc", "available (stdlib pydoc_data, ~465k characters)")]
-    folder = austen_dir()
-    rows.append(("austen", f"available ({folder})" if folder else f"not available: {AUSTEN_HINT}"))
-    try:
-        import datasets  # noqa: F401
-
-        rows.append(("wikitext2", "datasets installed: available where the HF hub or its cache is reachable"))
-    except ImportError:
-        rows.append(("wikitext2", "not available: pip install 'pqqp-bench[hub]' and reach the HF hub"))
-    rows.append(("PATH.txt / PATH.jsonl", "any local text file (jsonl: one {\"text\": ...} per line)"))
-    return rows

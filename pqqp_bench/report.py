@@ -16,6 +16,7 @@ from tabulate import tabulate
 from .compress import bits_label
 from .hypothesis import (INCONCLUSIVE, SUPPORTED, VIOLATED, ExpFit, Judged, Monotonicity, Point, break_sigmas,
                          exponential_fit, fit_rise, higher_is_better, interference_table, structured_zero_interference)
+from .analysis import Analysis
 from .measure import Bench, Missing
 from .ordering import OrderOutcome, OrderSummary, cost_ratio, summarize
 from .suite import HypothesisSpec, InterferenceSpec, OrderSpec, PipelineSpec, PooledSpec, Suite
@@ -105,25 +106,25 @@ def judged_lines(judged: Judged) -> str:
     return "\n".join(lines)
 
 
-def verdict(bench: Bench, spec: HypothesisSpec | PooledSpec) -> Verdict:
-    judged, _ = bench.judged(spec.points())
+def verdict(analysis: Analysis, spec: HypothesisSpec | PooledSpec) -> Verdict:
+    judged, _ = analysis.judged(spec.points())
     return Verdict(spec, judged)
 
 
-def verdicts(bench: Bench) -> list[Verdict]:
+def verdicts(analysis: Analysis) -> list[Verdict]:
     """Every per-p and pooled Hypothesis 1 test of the suite whose measurements are stored."""
     found = []
-    for spec in (*bench.suite.hypotheses(), *bench.suite.pooled_hypotheses()):
+    for spec in (*analysis.suite.hypotheses(), *analysis.suite.pooled_hypotheses()):
         try:
-            found.append(verdict(bench, spec))
+            found.append(verdict(analysis, spec))
         except Missing:
             continue
     return found
 
 
-def verdict_table(bench: Bench) -> str:
+def verdict_table(analysis: Analysis) -> str:
     """One line per Hypothesis 1 test, then each test's evidence (its points, trend, fit, verdict and reason)."""
-    found = verdicts(bench)
+    found = verdicts(analysis)
     if not found:
         return ""
     rows = [(v.spec.id, v.status, v.result.n_points, len(v.result.excluded), fmt(tr.slope, 3) if (tr := v.judged.trend) else "-",
@@ -134,14 +135,14 @@ def verdict_table(bench: Bench) -> str:
     return head + "".join(f"\n\n{v.spec.id}\n{v.evidence()}" for v in found)
 
 
-def interference_rows(bench: Bench, spec: InterferenceSpec) -> list[tuple]:
+def interference_rows(analysis: Analysis, spec: InterferenceSpec) -> list[tuple]:
     """(C_Q, bits, pruner, A, same structure, stderr, units) for each bit width: Table 1's cells for one pruner,
     with the number of evaluation units A's noise was resampled over (None where a value is not finite)."""
     rows = []
     for pt_spec in spec.points():
-        point, details = bench.point(pt_spec)
-        qp = bench.removed_blocks(spec.model, pt_spec.recipe("Q>P"), bench.suite.seeds[0])
-        pq = bench.removed_blocks(spec.model, pt_spec.recipe("P>Q"), bench.suite.seeds[0])
+        point, details = analysis.point(pt_spec)
+        qp = analysis.removed_blocks(spec.model, pt_spec.recipe("Q>P"), analysis.suite.seeds[0])
+        pq = analysis.removed_blocks(spec.model, pt_spec.recipe("P>Q"), analysis.suite.seeds[0])
         same = None if qp is None and pq is None else qp == pq
         units = details["paired"].units if details["paired"] is not None else None
         rows.append((point.c_q, point.bits, spec.pruner, point.advantage, same, point.stderr, units))
@@ -163,12 +164,12 @@ class InterferenceVerdict:
         return f"{table}\nverdict: {self.status.upper()}: {self.reason}"
 
 
-def interference_verdict(bench: Bench, spec: InterferenceSpec) -> InterferenceVerdict:
+def interference_verdict(analysis: Analysis, spec: InterferenceSpec) -> InterferenceVerdict:
     """A structured pruner: supported where A = 0 exactly at every width at which both orders removed the same
     blocks, violated where such a width has A != 0, inconclusive where none has. An unstructured pruner: supported
     where some width interferes, |A| beyond max(noise_sigmas, the Bonferroni t over the widths) stderr, else
     inconclusive (the absence of interference is never claimed)."""
-    found = interference_rows(bench, spec)
+    found = interference_rows(analysis, spec)
     rows = tuple(row[:6] for row in found)
     if any(same is not None for *_, same, _se in rows):
         unchanged = [r for r in rows if r[4] is True]
@@ -180,7 +181,7 @@ def interference_verdict(bench: Bench, spec: InterferenceSpec) -> InterferenceVe
             return InterferenceVerdict(spec, rows, INCONCLUSIVE, "the two orders removed different blocks at every width")
         return InterferenceVerdict(spec, rows, SUPPORTED, f"A = 0 exactly at all {len(unchanged)} widths where both "
                                                           f"orders removed the same blocks")
-    s = bench.suite
+    s = analysis.suite
     units = max((row[6] for row in found if row[6] is not None), default=2)
     sigmas = break_sigmas(s.noise_sigmas, len(rows), units, s.level)
     beyond = [r for r in rows if abs(r[3]) > sigmas * r[5]]
@@ -191,13 +192,13 @@ def interference_verdict(bench: Bench, spec: InterferenceSpec) -> InterferenceVe
                                                          f"over {len(rows)} widths)")
 
 
-def interference_report(bench: Bench) -> str:
+def interference_report(analysis: Analysis) -> str:
     """Table 1 per (model, quantizer, p): one A(Q->P) column per pruner, one row per C_Q; then each verdict."""
     groups: dict[tuple, list] = {}
     verdicts = []
-    for spec in bench.suite.interference_specs():
+    for spec in analysis.suite.interference_specs():
         try:
-            v = interference_verdict(bench, spec)
+            v = interference_verdict(analysis, spec)
         except Missing:
             continue
         groups.setdefault((spec.model, spec.quantizer, spec.p), []).extend(row[:5] for row in v.rows)
@@ -241,20 +242,20 @@ def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
-def pipeline_verdict(bench: Bench, spec: PipelineSpec) -> PipelineVerdict:
-    points = bench.pipeline_points(spec)
-    judged = bench.judge([pt for pt, _ in points], [d["paired"] for _, d in points])
+def pipeline_verdict(analysis: Analysis, spec: PipelineSpec) -> PipelineVerdict:
+    points = analysis.pipeline_points(spec)
+    judged = analysis.judge([pt for pt, _ in points], [d["paired"] for _, d in points])
     rows = tuple((d["label"], pt.x, mean(d["first"]), mean(d["second"]), pt.advantage, pt.stderr, pt.collapsed,
                   "; ".join(f"{r} {fmt(v, 5)}" for r, v in d["alone"]))
                  for pt, (_, d) in zip(judged.points, points))
     return PipelineVerdict(spec, judged, rows)
 
 
-def pipeline_report(bench: Bench) -> str:
+def pipeline_report(analysis: Analysis) -> str:
     parts = []
-    for spec in bench.suite.pipeline_specs():
+    for spec in analysis.suite.pipeline_specs():
         try:
-            v = pipeline_verdict(bench, spec)
+            v = pipeline_verdict(analysis, spec)
         except Missing:
             continue
         parts.append(f"Pipeline {spec.id}: {v.status}\n{v.evidence()}")
@@ -264,17 +265,17 @@ def pipeline_report(bench: Bench) -> str:
 # ------------------------------------------------------------------------------ order search (App. D.7)
 
 
-def order_evidence(bench: Bench, spec: OrderSpec, result: OrderOutcome | None, details: dict) -> str:
+def order_evidence(analysis: Analysis, spec: OrderSpec, result: OrderOutcome | None, details: dict) -> str:
     """What the predictor saw (the single methods with their M and CER, or the probes' block errors), its
     recommendation and cost beside the exhaustive search's, and (exhaustive) every order ranked."""
-    methods, metric = spec.methods, bench.suite.metric
+    methods, metric = spec.methods, analysis.suite.metric
     sign = 1.0 if higher_is_better(metric) else -1.0  # M back to the metric's own value
     n, name = len(methods.units), details.get("predictor", "intensity")
     if "singles" in details:
         seen = tabulate([(str(methods.units[i]), fmt(sign * m, 5), str(c) if c is not None else "-")
                          for i, (m, c) in enumerate(zip(details["singles"], details["cers"]))],
-                        headers=["method alone", metric, f"CER on {bench.suite.order_search.reference}"
-                                 if bench.suite.order_search else "CER"])
+                        headers=["method alone", metric, f"CER on {analysis.suite.order_search.reference}"
+                                 if analysis.suite.order_search else "CER"])
         how = "increasing CER, weakest first"
         cost = (f"cost: {n} single runs for the rule vs {len(methods.orders())} orders exhaustively "
                 f"({cost_ratio(n):g}x more joint compressions)")
@@ -282,7 +283,7 @@ def order_evidence(bench: Bench, spec: OrderSpec, result: OrderOutcome | None, d
         seen = tabulate([(k, fmt(v, 5)) for k, v in details["scores"].items()],
                         headers=["probed on the sampled blocks", "block output error"])
         how = f"{name}: smallest error of the sampled blocks' outputs"
-        cost = probe_cost_text(bench, spec, details["cost"])
+        cost = probe_cost_text(analysis, spec, details["cost"])
     text = f"{seen}\nrecommended ({how}): {methods.describe(details['recommended'])}\n{cost}"
     if result is None:
         return text
@@ -297,13 +298,13 @@ def order_evidence(bench: Bench, spec: OrderSpec, result: OrderOutcome | None, d
     return text
 
 
-def probe_cost_text(bench: Bench, spec: OrderSpec, cost: Cost) -> str:
+def probe_cost_text(analysis: Analysis, spec: OrderSpec, cost: Cost) -> str:
     """A probe predictor's cost beside the exhaustive search's (every order compressed and evaluated)."""
     from .blocks import decoder_blocks
     from .predictors import exhaustive_cost
 
-    s = bench.suite
-    layers = len(decoder_blocks(bench.probe_context(spec.model).model))
+    s = analysis.suite
+    layers = len(decoder_blocks(analysis.probe_context(spec.model).model))
     full = exhaustive_cost(spec.methods, layers, s.calib_samples * s.seqlen, s.eval_tokens)
     return (f"cost: {cost.compressions} block compressions, {cost.forward_tokens:,} block-forward tokens, "
             f"{cost.seconds:.1f} s; the exhaustive search: {full.full_runs} whole-model runs, {full.compressions} "
@@ -311,13 +312,13 @@ def probe_cost_text(bench: Bench, spec: OrderSpec, cost: Cost) -> str:
             f"({cost.forward_tokens / full.forward_tokens:.1%} of its tokens)")
 
 
-def order_outcomes(bench: Bench, model: str | None = None) -> list[tuple[OrderSpec, OrderOutcome]]:
+def order_outcomes(analysis: Analysis, model: str | None = None) -> list[tuple[OrderSpec, OrderOutcome]]:
     found = []
-    for spec in bench.suite.order_specs():
+    for spec in analysis.suite.order_specs():
         if model is not None and spec.model != model:
             continue
         try:
-            result, _ = bench.order_outcome(spec)
+            result, _ = analysis.order_outcome(spec)
         except Missing:
             continue
         found.append((spec, result))
@@ -336,23 +337,23 @@ def summary_text(summary: OrderSummary, predictor: str = "intensity rule") -> st
             f"(random order: {fmt(summary.random_regret, 4)}), mean rank {fmt(summary.mean_rank, 3)}")
 
 
-def order_report(bench: Bench) -> str:
-    found = order_outcomes(bench)
+def order_report(analysis: Analysis) -> str:
+    found = order_outcomes(analysis)
     if not found:
         return ""
     rows = [(spec.model, spec.methods.name, spec.methods.describe(r.recommended), spec.methods.describe(r.best),
              f"{r.rank}/{len(r.metrics)}", fmt(r.regret, 4), fmt(r.random_regret, 4)) for spec, r in found]
-    rule = "the intensity rule (increasing CER)" if predictor_name(bench.suite) == "intensity rule" else \
-        f"the {predictor_name(bench.suite)}"
+    rule = "the intensity rule (increasing CER)" if predictor_name(analysis.suite) == "intensity rule" else \
+        f"the {predictor_name(analysis.suite)}"
     text = f"Order search: {rule} against every order\n" + tabulate(
         rows, headers=["model", "methods", "recommended", "best", "rank", "regret", "random regret"])
     for model in dict.fromkeys(spec.model for spec, _ in found):
         text += f"\n{model}: " + summary_text(summarize([r for spec, r in found if spec.model == model]),
-                                               predictor_name(bench.suite))
+                                               predictor_name(analysis.suite))
     return text
 
 
-def full_report(bench: Bench) -> str:
-    parts = (case_table(bench), verdict_table(bench), interference_report(bench), pipeline_report(bench),
-             order_report(bench))
+def full_report(analysis: Analysis) -> str:
+    parts = (case_table(analysis.bench), verdict_table(analysis), interference_report(analysis), pipeline_report(analysis),
+             order_report(analysis))
     return "\n\n".join(part for part in parts if part)

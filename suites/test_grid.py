@@ -71,20 +71,20 @@ def outcome(verdict, kind: str) -> None:
         pytest.skip(f"inconclusive:\n{verdict.evidence()}")
 
 
-def test_progressive_intensity(pqqp_bench, pqqp_hypothesis) -> None:
-    verdict = report_verdict(pqqp_bench, pqqp_hypothesis)
+def test_progressive_intensity(pqqp_analysis, pqqp_hypothesis) -> None:
+    verdict = report_verdict(pqqp_analysis, pqqp_hypothesis)
     print(f"\n{pqqp_hypothesis.id}\n{verdict.evidence()}")
     outcome(verdict, "A(Q->P) non-decreasing in C*_P - C_Q")
 
 
-def test_progressive_intensity_pooled(pqqp_bench, pqqp_pooled) -> None:
-    verdict = report_verdict(pqqp_bench, pqqp_pooled)
+def test_progressive_intensity_pooled(pqqp_analysis, pqqp_pooled) -> None:
+    verdict = report_verdict(pqqp_analysis, pqqp_pooled)
     print(f"\n{pqqp_pooled.id}\n{verdict.evidence()}")
     outcome(verdict, "A(Q->P) non-decreasing in C*_P - C_Q over every (p, B)")
 
 
-def test_interference(pqqp_bench, pqqp_interference) -> None:
-    verdict = interference_verdict(pqqp_bench, pqqp_interference)
+def test_interference(pqqp_analysis, pqqp_interference) -> None:
+    verdict = interference_verdict(pqqp_analysis, pqqp_interference)
     print(f"\n{pqqp_interference.id}\n{verdict.evidence()}")
     outcome(verdict, "interference (Table 1, Finding 4)")
 
@@ -113,15 +113,15 @@ def test_throughput(pqqp_bench, pqqp_throughput, benchmark) -> None:
     assert math.isfinite(quality.value), f"{pqqp_throughput.recipe}: {pqqp_bench.suite.metric} {quality.value}"
 
 
-def test_pipeline(pqqp_bench, pqqp_pipeline) -> None:
-    verdict = pipeline_verdict(pqqp_bench, pqqp_pipeline)
+def test_pipeline(pqqp_analysis, pqqp_pipeline) -> None:
+    verdict = pipeline_verdict(pqqp_analysis, pqqp_pipeline)
     print(f"\n{pqqp_pipeline.id}\n{verdict.evidence()}")
     outcome(verdict, "A(first -> second) non-decreasing in x")
 
 
-def test_order_search(pqqp_bench, pqqp_order) -> None:
-    result, details = pqqp_bench.order_outcome(pqqp_order)
-    print(f"\n{pqqp_order.id}\n{order_evidence(pqqp_bench, pqqp_order, result, details)}")
+def test_order_search(pqqp_bench, pqqp_analysis, pqqp_order) -> None:
+    result, details = pqqp_analysis.order_outcome(pqqp_order)
+    print(f"\n{pqqp_order.id}\n{order_evidence(pqqp_analysis, pqqp_order, result, details)}")
     assert all(math.isfinite(m) for _, m in result.metrics), f"an order collapsed to a non-finite metric: {result}"
     methods = pqqp_order.methods
     reached = {methods.describe(o): pqqp_bench.measure(pqqp_order.model, methods.recipe(o)).details for o in methods.orders()}
@@ -134,9 +134,9 @@ def test_order_search(pqqp_bench, pqqp_order) -> None:
         f"the orders reached different weight bits: { {k: d['achieved']['w_bits'] for k, d in reached.items()} }")
 
 
-def test_order_rule(pqqp_bench, pqqp_order_rule) -> None:
+def test_order_rule(pqqp_bench, pqqp_analysis, pqqp_order_rule) -> None:
     specs = [s for s in pqqp_bench.suite.order_specs() if s.model == pqqp_order_rule]
-    outcomes = [pqqp_bench.order_outcome(s)[0] for s in specs]
+    outcomes = [pqqp_analysis.order_outcome(s)[0] for s in specs]
     rows = "\n".join(f"{s.methods.name}: rank {r.rank}/{len(r.metrics)}, regret {r.regret:.4g}, random regret "
                      f"{r.random_regret:.4g}" for s, r in zip(specs, outcomes))
     summary = summarize(outcomes)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pqqp_bench.analysis import Analysis
 from pqqp_bench.hypothesis import metric_from_ppl
 from pqqp_bench.measure import Bench, Missing, uses_seed
 from pqqp_bench.spec import parse_recipe
@@ -61,12 +62,12 @@ def test_seed_only_keys_recipes_it_can_change(suite: Suite, tmp_path: Path) -> N
 def test_point_follows_the_paper_definitions(suite: Suite, tmp_path: Path) -> None:
     bench = bench_on(suite, tmp_path / "s.sqlite")
     spec = suite.hypotheses()[0].points()[0]  # wanda p=0.3, 4 bits
-    point, extra = bench.point(spec)
+    point, extra = Analysis(bench).point(spec)
     qp = bench.measure(spec.model, "rtn:w=4,a=4,kv=4 > wanda:p=0.3").value
     pq = bench.measure(spec.model, "wanda:p=0.3 > rtn:w=4,a=4,kv=4").value
     assert point.advantage == pytest.approx(metric_from_ppl(qp) - metric_from_ppl(pq), rel=1e-9)  # A(Q->P), Def. 4
     assert point.c_q == 4.0 and point.stderr >= 0.0
-    curve = bench.curve(spec.model, "rtn")
+    curve = Analysis(bench).curve(spec.model, "rtn")
     assert [c for c, _ in curve] == [1.0, 2.0, 4.0, 16 / 3]  # dense at C_Q = 1, then 8, 4, 3 bits
     pruned = metric_from_ppl(bench.measure(spec.model, "wanda:p=0.3").value)
     ms = [m for _, m in curve]

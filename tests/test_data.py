@@ -8,16 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pqqp_bench.data import (
-    AUSTEN_SUBDIR,
-    CORPORA,
-    Corpus,
-    austen_dir,
-    available_corpora,
-    load_corpus,
-    load_texts,
-    tokenize,
-)
+from pqqp_bench.catalog import AUSTEN_SUBDIR, austen_dir, available_corpora
+from pqqp_bench.data import CORPORA, Corpus, load_corpus, load_texts, tokenize
 from pqqp_bench.errors import PqqpError
 
 

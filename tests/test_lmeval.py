@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import char_tokenizer, outcomes, tiny_llama
+from pqqp_bench.analysis import Analysis
 from pqqp_bench.errors import PqqpError
 from pqqp_bench.evaluate.lmeval import TASKS_DIR, cloze_docs, parse_metric, passage_docs
 from pqqp_bench.hypothesis import higher_is_better, oriented, paired_bootstrap_samples, recovery
@@ -170,7 +171,7 @@ def test_hypothesis_points_on_an_lm_eval_metric(lm_model_dir: Path, sentences: P
     suite = lm_suite(lm_model_dir, sentences, "lm-eval:pqqp_cloze/perplexity", lm_eval_limit=4)
     with Store(tmp_path / "s.sqlite") as store:
         bench = Bench(suite, store, progress=False)
-        points = bench.hypothesis_points(suite.hypotheses()[0])
+        points = Analysis(bench).hypothesis_points(suite.hypotheses()[0])
         for point, extra in points:
             qp, pq = extra["ppl_qp"][0], extra["ppl_pq"][0]  # the metric's values (here lm-eval's perplexity)
             assert point.advantage == pytest.approx(pq - qp, rel=1e-9)  # A(Q->P) = M(Q->P) - M(P->Q), M = -value

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pqqp_bench.blocks import block_linears, decoder_blocks
-from pqqp_bench.compress import compress, input_statistics
+from pqqp_bench.compress import compress
+from pqqp_bench.methods.statistics import input_statistics
 from pqqp_bench.errors import PqqpError
 from pqqp_bench.export import export
 from pqqp_bench.methods.base import LayerWork, Method

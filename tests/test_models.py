@@ -16,7 +16,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from pqqp_bench import models
 from pqqp_bench.errors import PqqpError
-from pqqp_bench.models import available_models, default_cache_dir, load_model
+from pqqp_bench.catalog import available_models
+from pqqp_bench.models import default_cache_dir, load_model
 from pqqp_bench.settings import DEFAULT_MODEL
 
 from conftest import char_tokenizer, tiny_llama

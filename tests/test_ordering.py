@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import outcomes
+from pqqp_bench.analysis import Analysis
 from pqqp_bench.cli import main
 from pqqp_bench.errors import PqqpError
 from pqqp_bench.hypothesis import VERDICTS
@@ -22,7 +23,7 @@ from pqqp_bench.pipelines import pipelines_section
 from pqqp_bench.report import order_evidence, pipeline_verdict
 from pqqp_bench.spec import parse_recipe
 from pqqp_bench.store import Store
-from pqqp_bench.suite import OrderSearch, OrderSpec, PipelineSpec, Suite, load_suite
+from pqqp_bench.suite import OrderSearch, OrderSpec, Suite, load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,7 +121,7 @@ def suite(model_dir: Path, text_file: Path) -> Suite:
 def test_pipeline_points_are_paired_advantages(suite: Suite, tmp_path: Path) -> None:
     bench = Bench(suite, Store(tmp_path / "s.sqlite"), progress=False)
     spec = suite.pipeline_specs()[0]
-    verdict = pipeline_verdict(bench, spec)
+    verdict = pipeline_verdict(Analysis(bench), spec)
     anchor, *rest = verdict.rows
     assert anchor[4] == 0.0 and anchor[5] == 0.0  # x = 0: one recipe compared with itself
     for label, x, first, second, a, se, _, _ in rest:
@@ -133,7 +134,8 @@ def test_pipeline_points_are_paired_advantages(suite: Suite, tmp_path: Path) -> 
 def test_order_outcome_ranks_the_recommendation_among_all_orders(suite: Suite, tmp_path: Path) -> None:
     bench = Bench(suite, Store(tmp_path / "s.sqlite"), progress=False)
     spec = OrderSpec(suite, suite.models[0], suite.order_search.sets[0])
-    result, details = bench.order_outcome(spec)
+    analysis = Analysis(bench)
+    result, details = analysis.order_outcome(spec)
     ppl = {o: bench.measure(spec.model, spec.methods.recipe(o)).value for o in spec.methods.orders()}
     singles = [bench.measure(spec.model, spec.methods.single(i)).value for i in range(3)]
     assert details["recommended"] == tuple(sorted(range(3), key=lambda i: singles[i]))
@@ -141,7 +143,7 @@ def test_order_outcome_ranks_the_recommendation_among_all_orders(suite: Suite, t
     assert result.regret == pytest.approx(ppl[result.recommended] - best)
     assert result.rank == 1 + sum(v < ppl[result.recommended] for v in ppl.values())
     assert result.random_regret == pytest.approx(sum(v - best for v in ppl.values()) / 6)
-    text = order_evidence(bench, spec, result, details)
+    text = order_evidence(analysis, spec, result, details)
     assert "recommended" in text and "2x more joint compressions" in text
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import CHARS, tiny_gemma3, tiny_llama
+from pqqp_bench.analysis import Analysis
 from pqqp_bench.blocks import decoder_blocks
 from pqqp_bench.cli import main
 from pqqp_bench.compress import compress
@@ -174,11 +175,12 @@ def test_bench_and_cli_use_the_probe(model_dir: Path, text_file: Path, tmp_path:
     with Store(tmp_path / "s.sqlite") as store:
         bench = Bench(suite, store, progress=False)
         spec = OrderSpec(suite, suite.models[0], suite.order_search.sets[0])
-        result, details = bench.order_outcome(spec)
+        analysis = Analysis(bench)
+        result, details = analysis.order_outcome(spec)
         assert details["predictor"] == "probe" and "singles" not in details and len(details["scores"]) == 2
         assert result.recommended == details["recommended"]
         assert len(store) == 2  # the two orders; the probe measured nothing
-        text = order_evidence(bench, spec, result, details)
+        text = order_evidence(analysis, spec, result, details)
         assert "recommended (probe: smallest error" in text and "the exhaustive search: 2 whole-model runs" in text
     args = ["order", "--model", str(model_dir), "--corpus", str(text_file), "--seqlen", "32", "--calib-samples", "4",
             "--eval-tokens", "128", "--device", "cpu", "--no-progress", "--store", str(tmp_path / "o.sqlite"),

@@ -201,3 +201,15 @@ def test_a_worker_keying_a_case_differently_is_an_error(suite: Suite, tmp_path: 
     assert checked_key(key.as_dict(), task) == key
     with pytest.raises(PqqpError, match=f"with model_hash='elsewhere', the driver with '{key.model_hash}'"):
         checked_key({**key.as_dict(), "model_hash": "elsewhere"}, task)
+
+
+def test_ray_options_are_declared_once_for_both_front_ends(pytester) -> None:
+    from pqqp_bench.cli import build_parser
+    from pqqp_bench.ray_runner import RAY_OPTIONS
+
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    flags = {a.option_strings[0]: a for a in run._actions if a.option_strings}
+    helped = pytester.runpytest("--help").stdout.str()
+    for option in RAY_OPTIONS:
+        assert flags[option.flag()].default == option.default and flags[option.flag()].type is option.kind
+        assert option.flag("--pqqp-ray-") in helped

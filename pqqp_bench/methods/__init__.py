@@ -21,7 +21,8 @@ from .lora import LoRA
 from .mpq import MPQ
 from .prune import Magnitude, Pruner, Wanda
 from .quarot import QuaRot
-from .rtn import RTN, Quantizer
+from .quantizer import Quantizer
+from .rtn import RTN
 from .share import Share
 from .sleb import SLEB
 from .sparsegpt import SparseGPT

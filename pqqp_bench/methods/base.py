@@ -21,7 +21,7 @@ from ..errors import PqqpError
 
 Kind = Literal["prune", "quant", "transform", "share", "tune"]
 KIND_LETTERS = {"prune": "P", "quant": "Q", "share": "S", "tune": "L"}  # Recipe.order; transforms have none
-Statistic = Literal["sqnorm", "hessian"]
+Statistic = str  # a name in statistics.STATISTICS: what `apply` finds in `LayerWork.stats`
 
 B_ORIG = 16  # the paper's reference precision: C_Q = B_orig / B_Q (§2)
 
@@ -148,6 +148,8 @@ class Method:
     params: ClassVar[tuple[Param, ...]] = ()
     summary: ClassVar[str] = ""
     removes_blocks: ClassVar[bool] = False  # a pruner that removes whole decoder blocks (SLEB): its ratio multiplies
+    slow: ClassVar[bool] = False  # minutes on the embedded model on CPU: its grid cases carry pytest's `slow` mark
+    uses_layer_pass: ClassVar[bool] = False  # a model-scope method given the engine's block-by-block pass (`apply_model`)
     implements: ClassVar[str | None] = None  # a plugin's: the built-in method it is another implementation of
 
     def __init__(self, **values: Any) -> None:
@@ -216,7 +218,8 @@ class Method:
                     progress: bool = True) -> dict:
         """Model-scope methods: change the whole model; return what the report should record. A quantizer also
         returns its per-Linear `bits` and `grids` there, which the engine moves into the block works
-        (`compress.adopt_weight_grids`)."""
+        (`compress.adopt_weight_grids`). A method with `uses_layer_pass` is also given the engine's calibrated
+        block-by-block pass as the keyword `layer_pass` (`compress.layer_pass`): methods never import the engine."""
         raise NotImplementedError
 
     def validate(self, linears: dict[str, nn.Linear]) -> None:

@@ -46,6 +46,7 @@ class GPTQTargets:
 
 class GPTQ(Quantizer):
     name = "gptq"
+    slow = True
     granularity = "weight (per output channel or group)"
     needs_calibration = True
     statistic = "hessian"

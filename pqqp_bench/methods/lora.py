@@ -150,6 +150,7 @@ class LoRA(Method):
     """
 
     name = "lora"
+    slow = True
     kind = "tune"
     scope = "model"
     granularity = "low-rank adapters beside the decoder Linears"

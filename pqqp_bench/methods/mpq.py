@@ -26,7 +26,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import replace
 from fractions import Fraction
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -178,6 +178,8 @@ class MPQ(Method):
 
     name = "mpq"
     kind = "quant"
+    slow = True
+    uses_layer_pass = True
     scope = "model"
     granularity = "weight (bits per Linear, per output channel or group)"
     needs_calibration = True
@@ -226,7 +228,7 @@ class MPQ(Method):
 
     @torch.no_grad()
     def apply_model(self, model: Any, calibration: torch.Tensor | None, device: torch.device, seed: int,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, layer_pass: Callable[..., None] | None = None) -> dict:
         """Quantize every decoder Linear in place at its allocated bits, one bit width at a time in `order`.
 
         Returns the per-Linear `bits` and `grids` (by `blocks.<i>.<linear>`, for the engine's records) and the
@@ -235,17 +237,19 @@ class MPQ(Method):
         """
         if calibration is None or calibration.numel() == 0:
             raise PqqpError("mpq needs calibration samples: pass calibration token ids")
+        if layer_pass is None and self.values["base"] == "gptq":
+            raise PqqpError("mpq with base=gptq runs through the engine (compress.compress), which gives it its layer pass")
         home = next(model.parameters()).device
         model.to(device)
         try:
-            result = self.allocate_and_quantize(model, calibration.to(device), device, seed, progress)
+            result = self.allocate_and_quantize(model, calibration.to(device), device, seed, progress, layer_pass)
         finally:
             model.to(home)
         result["grids"] = {p: replace(g, scale=g.scale.to(home), zero=g.zero.to(home)) for p, g in result["grids"].items()}
         return result
 
     def allocate_and_quantize(self, model: nn.Module, calibration: torch.Tensor, device: torch.device, seed: int,
-                              progress: bool) -> dict:
+                              progress: bool, layer_pass: Callable[..., None] | None) -> dict:
         blocks = decoder_blocks(model)
         linears = {f"blocks.{i}.{name}": lin for i, b in enumerate(blocks) for name, lin in block_linears(b).items()}
         paths = list(linears)
@@ -283,7 +287,8 @@ class MPQ(Method):
                 allocation = dict(zip(remaining, chosen))
             group = [p for p in remaining if allocation[p] == bits]
             bar.set_postfix_str(f"{len(group)} Linears at {bits} bits")
-            grids.update(self.quantize(model, linears, group, bits, errors, calibration, device, seed, progress))
+            grids.update(self.quantize(model, linears, group, bits, errors, calibration, device, seed, progress,
+                                       layer_pass))
             assigned.update(dict.fromkeys(group, bits))
             steps.append({"bits": bits, "linears": len(group),
                           "budget_left": round((left - bits * sum(size[p] for p in group)) / budget, 6)})
@@ -306,8 +311,9 @@ class MPQ(Method):
                 for path, lin in tqdm(linears.items(), desc="mpq rounding errors", unit="Linear", leave=False,
                                       disable=not progress)}
 
-    def quantize(self, model: nn.Module, linears: dict[str, nn.Linear], group: list[str], bits: int,
-                 errors: dict, calibration: torch.Tensor, device: torch.device, seed: int, progress: bool) -> dict[str, WeightGrid]:
+    def quantize(self, model: nn.Module, linears: dict[str, nn.Linear], group: list[str], bits: int, errors: dict,
+                 calibration: torch.Tensor, device: torch.device, seed: int, progress: bool,
+                 layer_pass: Callable[..., None] | None) -> dict[str, WeightGrid]:
         """Quantize the Linears `group` at `bits` on the current model: RTN with the grid found for Ω, or GPTQ
         through the engine's block-by-block pass, calibrated on the model as it is now."""
         if not group:
@@ -318,8 +324,6 @@ class MPQ(Method):
                 weight = linears[path].weight.data
                 weight.copy_(grid.round(weight))
             return {path: errors[path][bits][0] for path in group}
-        from ..compress import layer_pass  # imported here: the engine imports the method registry
-
         works = gptq_works(model, set(group), seed)
         stage = GPTQ(w=bits, g=self.values["g"], clip=self.values["clip"])
         layer_pass(model, (stage,), calibration, device, works, {}, progress, seed, {})

@@ -14,6 +14,13 @@ from typing import Protocol
 import torch
 
 from ..errors import PqqpError
+from .base import Param, positive_int_or_none, ratio_in_unit
+
+OBS_PARAMS = (
+    Param("damp", ratio_in_unit, 0.01, "a float in [0, 1)", "dampening, as a fraction of mean(diag H)"),
+    Param("block", positive_int_or_none, 128, "a positive integer", "columns per lazy-update block"),
+)
+"""The sweep's own parameters, shared by SparseGPT and GPTQ."""
 
 
 class Targets(Protocol):

@@ -18,7 +18,7 @@ factored form computes (up to float rounding), so accuracy is identical; the rep
 
 Calibration: Basis Sharing fits every group on the activations of the model it is handed, not on compressed
 predecessors. So the blocks run in order on the calibration windows with the weights the stage started from,
-each block's Linear inputs accumulated as X^T X (compress.input_statistics), and a group is fitted once all its
+each block's Linear inputs accumulated as X^T X (statistics.input_statistics), and a group is fitted once all its
 blocks ran; only one group's statistics are held at a time.
 
 Order with pruning (paper §5.4: magnitude pruning P and Basis Sharing S in both orders). In P>S every weight
@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from ..blocks import block_call_kwargs, block_linears, capture_block_inputs, decoder_blocks, move_outside_blocks, run_block
 from ..errors import PqqpError
 from .base import Method, Param, boolean, ratio_in_unit, ratio_up_to_one
+from .statistics import input_statistics
 from .base import positive_int
 
 TYPES = ("q", "k", "v", "o", "gate", "up", "down")  # the Linears of a Llama block, by their names' stems
@@ -144,6 +145,7 @@ class Share(Method):
     blocks, written back as dense weights. Nominal ratio C_S = 1/r; r=1 leaves the model unchanged."""
 
     name = "share"
+    slow = True
     kind = "share"
     scope = "model"
     granularity = "Linear type across a group of consecutive blocks (shared basis, per-layer coefficients)"
@@ -239,7 +241,6 @@ class Share(Method):
     def group_statistics(blocks: nn.ModuleList, group: list[int], members: list[dict[str, nn.Linear]],
                          hidden: list[torch.Tensor], calls: list[dict]) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """Run the group's blocks in order; return their outputs and, per type, the X^T X summed over the group."""
-        from ..compress import input_statistics  # the engine imports the methods: import it at call time
 
         summed: dict[str, torch.Tensor] = {}
         for index, member in zip(group, members):

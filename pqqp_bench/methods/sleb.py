@@ -254,6 +254,7 @@ class SLEB(Method):
 
     removes_blocks = True
     name = "sleb"
+    slow = True
     kind = "prune"
     scope = "model"
     granularity = "transformer block"

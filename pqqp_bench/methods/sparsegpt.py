@@ -15,15 +15,10 @@ import torch
 from torch import nn
 
 from ..errors import PqqpError
-from .base import LayerWork, Param, positive_int_or_none, ratio_in_unit
-from .obs import inverse_hessian_factor, sweep
+from .base import LayerWork, Param
+from .obs import OBS_PARAMS, inverse_hessian_factor, sweep
 from .prune import Pruner, keep_mask
 from .quantize import WeightGrid
-
-OBS_PARAMS = (
-    Param("damp", ratio_in_unit, 0.01, "a float in [0, 1)", "dampening, as a fraction of mean(diag H)"),
-    Param("block", positive_int_or_none, 128, "a positive integer", "columns per lazy-update block"),
-)
 
 
 class SparseGPTTargets:
@@ -56,6 +51,7 @@ class SparseGPTTargets:
 
 class SparseGPT(Pruner):
     name = "sparsegpt"
+    slow = True
     needs_calibration = True
     statistic = "hessian"
     granularity = "weight (unstructured per column block, or N:M groups)"

@@ -20,7 +20,7 @@ from torch import nn
 from pqqp_bench.errors import PqqpError
 from pqqp_bench.methods.base import Method, Param, boolean, positive_int, positive_int_or_none, ratio_in_unit
 from pqqp_bench.methods.prune import Pruner
-from pqqp_bench.methods.rtn import Quantizer
+from pqqp_bench.methods.quantizer import Quantizer
 
 from . import convert, session
 
@@ -119,6 +119,7 @@ class LlmcPruner(LlmcMethod, Pruner):
 
 class LlmcSparseGPT(LlmcPruner):
     name = "llmc-sparsegpt"
+    slow = True
     implements = "sparsegpt"  # beside ours in the leaderboard's implementations table
     needs_calibration = True
     granularity = "weight (unstructured per column block, or N:M groups)"
@@ -188,6 +189,7 @@ class LlmcQuantizer(LlmcMethod, Quantizer):
 
 class LlmcGPTQ(LlmcQuantizer):
     name = "llmc-gptq"
+    slow = True
     implements = "gptq"  # beside ours in the leaderboard's implementations table
     needs_calibration = True
     granularity = "weight (per output channel or group)"

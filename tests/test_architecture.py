@@ -1,0 +1,171 @@
+"""docs/architecture.md is the module order: every import of the package points up its table (module level, inside
+functions and under TYPE_CHECKING alike), every module is in it, and its "Adding a method" walk-through works."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import pytest
+import torch
+
+from pqqp_bench.cli import main
+from pqqp_bench.methods import registry
+from pqqp_bench.methods.prune import Pruner
+from pqqp_bench.methods.statistics import STATISTICS
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "pqqp_bench"
+DOC = REPO / "docs" / "architecture.md"
+EXCEPTIONS = {("methods.base", "methods")}  # the doc's one exception, with its reason there
+
+
+def documented_order() -> list[str]:
+    """The modules of the doc's table, top to bottom (`pqqp_bench` is the package itself)."""
+    text = DOC.read_text(encoding="utf-8")
+    table = text.split("<!-- architecture:")[1].split("<!-- end architecture -->")[0]
+    return re.findall(r"^\| `([\w.]+)` \|", table, flags=re.M)
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts) or "pqqp_bench"
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """The package's modules `path` imports, relative or absolute, wherever the import statement is."""
+    name = module_name(path)
+    package = name.split(".") if path.name == "__init__.py" and name != "pqqp_bench" else name.split(".")[:-1]
+    if name == "pqqp_bench":
+        package = []
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+            elif node.module and node.module.split(".")[0] == "pqqp_bench":
+                base = []
+            else:
+                continue
+            module = ".".join([*base, *([m for m in (node.module or "").split(".") if m and m != "pqqp_bench"])])
+            for alias in node.names:
+                sub = f"{module}.{alias.name}" if module else alias.name
+                found.add(sub if sub in known else (module or "pqqp_bench"))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "pqqp_bench":
+                    found.add(alias.name.removeprefix("pqqp_bench").strip(".") or "pqqp_bench")
+    return {m for m in found if m != name}
+
+
+def test_every_module_is_in_the_table_once() -> None:
+    order = documented_order()
+    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
+    assert len(order) == len(set(order)), [m for m in order if order.count(m) > 1]
+    assert set(order) == modules, {"not in the doc": sorted(modules - set(order)), "gone": sorted(set(order) - modules)}
+
+
+def test_imports_point_up_the_table() -> None:
+    order = documented_order()
+    rank = {m: i for i, m in enumerate(order)}
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = module_name(path)
+        for target in sorted(imports_of(path, set(rank))):
+            if rank[target] > rank[name] and (name, target) not in EXCEPTIONS:
+                wrong.append(f"{name} imports {target}, which comes after it in docs/architecture.md")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_check_sees_a_backward_import(tmp_path: Path) -> None:
+    """The import reader finds relative, absolute and function-level imports (so the check above can fail)."""
+    fake = PACKAGE / "methods" / "rtn.py"
+    source = fake.read_text(encoding="utf-8")
+    known = set(documented_order())
+    assert {"methods.base", "methods.quantize", "methods.quantizer"} <= imports_of(fake, known)
+    probe = PACKAGE / "methods" / "_probe_imports.py"
+    assert not probe.exists()
+    try:
+        probe.write_text(source + "\n\ndef late():\n    from ..compress import compress\n    import pqqp_bench.store\n")
+        assert {"compress", "store"} <= imports_of(probe, known)
+    finally:
+        probe.unlink()
+
+
+# --- the doc's "Adding a method", done by a test -----------------------------------------------------------
+
+
+class Peak(Pruner):
+    """A toy pruner on a new input statistic: |W_ij| times the summed per-sample peak |X_j|."""
+
+    name, needs_calibration, statistic = "peak", True, "absmax"
+
+    def score(self, weight: torch.Tensor, stat: torch.Tensor | None) -> torch.Tensor:
+        return weight.abs().float() * stat.float().unsqueeze(0)
+
+
+def test_a_toy_method_runs_through_the_harness(monkeypatch: pytest.MonkeyPatch, model_dir: Path, text_file: Path,
+                                               tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import pqqp_bench.listing as listing
+    import pqqp_bench.methods as registry_module
+
+    monkeypatch.setitem(STATISTICS, "absmax", lambda x: x.abs().amax(dim=0))  # a new statistic: one entry
+    plugins = [EntryPoint("peak", f"{__name__}:Peak", "pqqp_bench.methods")]
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: plugins)
+    monkeypatch.setattr(listing, "entry_points", lambda group: plugins)
+    monkeypatch.setenv("PQQP_CACHE_DIR", str(tmp_path / "cache"))
+    registry.cache_clear()
+    try:
+        store, out = tmp_path / "s.sqlite", tmp_path / "run.json"
+        assert main(["run", "--model", str(model_dir), "--corpus", str(text_file), "--seqlen", "32", "--calib-samples",
+                     "4", "--eval-tokens", "128", "--device", "cpu", "--no-progress", "--store", str(store),
+                     "--recipe", "peak:p=0.3 > rtn:w=4", "--json", str(out)]) == 0
+        assert main(["methods"]) == 0
+    finally:
+        registry.cache_clear()
+    listing = capsys.readouterr().out
+    assert re.search(r"^peak\s+prune", listing, flags=re.M), listing
+    [case] = [r for r in json.loads(out.read_text())["results"] if r["recipe"] == "peak:p=0.3 > rtn:w=4"]
+    assert case["achieved"]["sparsity"] == pytest.approx(0.3, abs=0.02) and case["achieved"]["w_bits"] == 4
+
+
+# --- the command line's listings answer without importing torch ------------------------------------------
+
+
+def test_method_listing_is_cached_per_code_and_plugins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import pqqp_bench.listing as listing
+
+    first = listing.method_listing(tmp_path)
+    assert [r[0] for r in first["rows"]][:3] == ["magnitude", "wanda", "sparsegpt"] and len(list(tmp_path.iterdir())) == 1
+    monkeypatch.setattr(listing, "build", lambda: pytest.fail("the cached table was built again"))
+    assert listing.method_listing(tmp_path) == first
+    key = listing.listing_key()
+    monkeypatch.setattr(listing, "entry_points", lambda group: [EntryPoint("peak", f"{__name__}:Peak", listing.GROUP)])
+    assert listing.listing_key() != key  # another plugin set is another table
+
+
+def test_listings_do_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from pqqp_bench.cli import main; main(['models']); main(['corpora']); "
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False False", out
+
+
+def test_slow_marks_follow_what_methods_declare() -> None:
+    from pqqp_bench.pytest_plugin import marks_for
+    from pqqp_bench.spec import parse_recipe
+
+    def slow(text: str) -> bool:
+        return any(m.name == "slow" for m in marks_for(parse_recipe(text)))
+
+    assert slow("wanda:p=0.3 > gptq:w=4") and slow("sleb:p=0.2") and not slow("wanda:p=0.3 > rtn:w=4")
+    assert [name for name, m in registry().methods.items() if m.method.slow and m.builtin] == \
+        ["sparsegpt", "sleb", "gptq", "mpq", "share", "lora"]
