@@ -34,7 +34,7 @@ from pqqp_bench.blocks import decoder_blocks
 from pqqp_bench.analysis import Analysis
 from pqqp_bench.environment import environment
 from pqqp_bench.measure import Bench, Missing
-from pqqp_bench.ordering import MeasuredSet, MethodSet, score_predictor, score_random
+from pqqp_bench.ordering import MeasuredSet, MethodSet, resampling, score_predictor, score_random, within_noise
 from pqqp_bench.paths import atomic_write, write_text
 from pqqp_bench.predictors import PREDICTORS, Cost, ProbeContext, exhaustive_cost, predictor, run_cost
 from pqqp_bench.store import Store, record
@@ -170,9 +170,14 @@ def write(out: Path, args: argparse.Namespace, suite, sets: list[MeasuredSet], r
     summary.append(["random order (expected)", f"{rate:.0%}", "", random_regret.text(), "", "1.00", "", "", "", ""])
     headers = ["predictor", "within noise", "best", "mean regret (ppl) [95%]", "worst regret [95%]",
                "regret / random", "compressions / exh.", "fwd tokens / exh.", "seconds / exh.", "target met"]
-    per_set = [[r["set"], f"{min(r['orders'].values()):.2f}", f"{max(r['orders'].values()):.2f}"]
-               + [f"{r['orders'][r['predictions'][n]['text']] - min(r['orders'].values()):.2f}" for n in names]
-               for r in rows]
+    replicates, _ = resampling(sets, args.resamples, 0)
+    for r, s in zip(rows, sets):
+        for n in names:
+            r["predictions"][n]["within_noise"] = within_noise(s, tuple(r["predictions"][n]["order"]), replicates, 0.95)
+    per_set = [[i, r["set"], f"{min(r['orders'].values()):.2f}", f"{max(r['orders'].values()):.2f}"]
+               + [f"{r['orders'][r['predictions'][n]['text']] - min(r['orders'].values()):.2f}"
+                  + ("" if r["predictions"][n]["within_noise"] else " †") for n in names]
+               for i, r in enumerate(rows, 1)]
     payload = {"suite": suite.name, "probe_blocks": args.probe_blocks, "layers": layers, "resamples": args.resamples,
                "target": TARGET, "random": {"within_noise_rate": rate, "mean_regret": asdict(random_regret)},
                "exhaustive": exhaustive, "predictors": scored, "sets": rows}
@@ -192,14 +197,14 @@ def write(out: Path, args: argparse.Namespace, suite, sets: list[MeasuredSet], r
             f"the whole model; its seconds as stored, with the harness's prefix reuse). Target: within noise in "
             f"≥ {TARGET['within_noise']:.0%} of the sets, mean regret ≤ {TARGET['regret_fraction']} × a random "
             f"order's, every cost ≤ {TARGET['cost_fraction']} × the exhaustive search's.\n\n"
-            + tabulate(summary, headers=headers, tablefmt="github")
-            + "\n\n## Regret per set (ppl)\n\n"
-            + tabulate(per_set, headers=["set", "best ppl", "worst ppl", *names], tablefmt="github")
+            + tabulate(summary, headers=headers, tablefmt="github", disable_numparse=True)
+            + "\n\n## Regret per set (ppl; † beyond the window noise of the best order)\n\n"
+            + tabulate(per_set, headers=["#", "set", "best ppl", "worst ppl", *names], tablefmt="github")
             + "\n\n![regret per set](regret.png)\n\nData: [predictions.json](predictions.json) (every order's ppl, every "
               "prediction with its scores and cost), [measurements.json](measurements.json) (the stored measurements, "
               "`pqqp export` form), [environment.json](environment.json).\n")
     write_text(out / "README.md", text)
-    print(tabulate(summary, headers=headers))
+    print(tabulate(summary, headers=headers, disable_numparse=True))
 
 
 def plot(path: Path, rows: list[dict], names: list[str]) -> None:
@@ -214,12 +219,13 @@ def plot(path: Path, rows: list[dict], names: list[str]) -> None:
     random = [np.mean([p - min(r["orders"].values()) for p in r["orders"].values()]) for r in rows]
     for k, name in enumerate(names):
         regret = [r["orders"][r["predictions"][name]["text"]] - min(r["orders"].values()) for r in rows]
-        ax.bar(x + k * width, [max(v, 1e-3) for v in regret], width, label=name)
-    ax.bar(x + len(names) * width, [max(v, 1e-3) for v in random], width, label="random (expected)", color="#bbb")
+        ax.bar(x + k * width, [v if v > 0 else np.nan for v in regret], width, label=name)
+    ax.bar(x + len(names) * width, [v if v > 0 else np.nan for v in random], width, label="random (expected)",
+           color="#bbb")
     ax.set_yscale("log")
-    ax.set_ylabel("regret (ppl)")
+    ax.set_ylabel("regret (ppl); no bar: the best order")
     ax.set_xticks(x + 0.4 - width / 2, [str(i + 1) for i in range(len(rows))])
-    ax.set_xlabel("method set (README order)")
+    ax.set_xlabel("method set (row of the table)")
     ax.legend(fontsize=8, ncol=len(names) + 1)
     fig.tight_layout()
     with atomic_write(path, "wb") as handle:

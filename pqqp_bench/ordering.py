@@ -36,11 +36,12 @@ class MethodSet:
 
     @property
     def name(self) -> str:
-        return " ; ".join(str(u) for u in self.units)
+        """The set as written, the shared rotation leading: `quarot > rtn:w=4 ; wanda:p=0.3`."""
+        return "".join(f"{m} > " for m in self.basis) + " ; ".join(str(u) for u in self.units)
 
     @property
     def id(self) -> str:
-        return "".join(" + ".join(str(u) for u in self.units).split())
+        return "".join(("".join(f"{m}>" for m in self.basis) + " + ".join(str(u) for u in self.units)).split())
 
     def single(self, index: int) -> Recipe:
         """Method `index` alone (after the shared basis)."""

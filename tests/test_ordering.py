@@ -224,3 +224,10 @@ def test_order_search_options_override_the_suite(tmp_path: Path) -> None:
     assert suite.order_search.reference == "gptq"
     with pytest.raises(PqqpError, match="order_search.sets"):
         load_suite(path, order_reference="gptq")
+
+
+def test_a_set_and_its_rotated_twin_are_two_sets() -> None:
+    plain, rotated = parse_method_set("rtn:w=4,a=8; wanda:p=0.3"), parse_method_set("quarot > rtn:w=4,a=8; wanda:p=0.3")
+    assert rotated.name == "quarot > rtn:w=4,a=8 ; wanda:p=0.3" and plain.name == "rtn:w=4,a=8 ; wanda:p=0.3"
+    assert rotated.id == "quarot>rtn:w=4,a=8+wanda:p=0.3" and plain.id != rotated.id
+    assert str(rotated.recipe((1, 0))) == "quarot > wanda:p=0.3 > rtn:w=4,a=8"
