@@ -182,7 +182,8 @@ def write(out: Path, args: argparse.Namespace, suite, sets: list[MeasuredSet], r
                "target": TARGET, "random": {"within_noise_rate": rate, "mean_regret": asdict(random_regret)},
                "exhaustive": exhaustive, "predictors": scored, "sets": rows}
     write_text(out / "predictions.json", json.dumps(payload, indent=1) + "\n")
-    write_text(out / "measurements.json", json.dumps([record(m) for m in used], indent=1) + "\n")
+    unique = {m.key.digest(): m for m in used}  # a single method shared by several sets once
+    write_text(out / "measurements.json", json.dumps([record(m) for m in unique.values()], indent=1) + "\n")
     write_text(out / "environment.json", json.dumps(environment(), indent=1) + "\n")
     plot(out / "regret.png", rows, names)
     command = (f"python benchmarks/order_prediction.py --suite {args.suite} --store {args.store} --out {args.out} "
