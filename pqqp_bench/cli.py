@@ -364,7 +364,7 @@ def command_order(args: argparse.Namespace) -> int:
     orders = [methods.recipe(o) for o in methods.orders()] if args.exhaustive else []
     plan = [parse_recipe("dense"), *curve, *singles, *orders] if rule or orders else []
     needs = (f"{len(singles)} single runs and a {len(curve)}-point {args.reference} curve for the CERs" if rule
-             else f"the {args.predictor} probe on {args.probe_blocks} sampled blocks")
+             else f"the {args.predictor} predictor, probing {args.probe_blocks} sampled decoder blocks")
     print(f"{len(methods.units)} methods on {spec.model}: {needs}" + (f", then all {len(orders)} orders" if orders else "")
           + f"; store {args.store}", flush=True)
     with Store(args.store) as store:
