@@ -4,7 +4,8 @@ Listing the methods means importing them, and with them torch (several seconds).
 methods' code and the installed plugins, so it is kept in the cache folder under a key of exactly that: the
 bytes of every file of this package's `methods/`, and each plugin entry point with its distribution, version and
 the size and time of the files of its top-level package (found without importing it). Any change to either
-builds the table again; a cache that cannot be read or written is ignored.
+builds the table again; a cache that cannot be read or written is ignored. A table with a plugin that failed to
+load is not kept: installing the library it lacks changes none of the files the key reads.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def method_listing(cache_dir: Path) -> dict:
     except (OSError, ValueError):
         pass
     table = build()
+    if table["broken"]:  # a plugin that fails to import may be fixed by installing its library: list it afresh
+        return table
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, json.dumps(table))

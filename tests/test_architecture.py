@@ -147,6 +147,9 @@ def test_method_listing_is_cached_per_code_and_plugins(monkeypatch: pytest.Monke
     key = listing.listing_key()
     monkeypatch.setattr(listing, "entry_points", lambda group: [EntryPoint("peak", f"{__name__}:Peak", listing.GROUP)])
     assert listing.listing_key() != key  # another plugin set is another table
+    broken = {"rows": [], "broken": {"ghost": "ModuleNotFoundError"}}
+    monkeypatch.setattr(listing, "build", lambda: broken)
+    assert listing.method_listing(tmp_path) == broken and len(list(tmp_path.iterdir())) == 1  # not kept
 
 
 def test_listings_do_not_import_torch() -> None:
