@@ -25,13 +25,9 @@ from .suite import Case, Suite
 from .spec import Recipe, parse_recipe
 
 if TYPE_CHECKING:
-    import torch
-
-    from .compress import CompressionReport
     from .evaluate.throughput import Backend
     from .experiment import Experiment
-
-    Compressed = tuple[torch.nn.Module, CompressionReport, float]  # Experiment.compressed's model, report, seconds
+    from .metrics import Compressed
 
 METRIC = "ppl"  # the default metric: token-level perplexity (`lm-eval:<task>/<metric>` selects an lm-eval task)
 THROUGHPUT = "throughput"  # generation tokens/s (the suite's `throughput` section; evaluate/throughput.py)
