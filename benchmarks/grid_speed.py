@@ -33,7 +33,8 @@ from pqqp_bench.hypothesis import cer, metric_from_ppl, quant_ratio
 from pqqp_bench.measure import Bench
 from pqqp_bench.spec import Recipe
 from pqqp_bench.store import Store
-from pqqp_bench.suite import PointSpec, Suite, load_suite
+from pqqp_bench.sections import load_suite
+from pqqp_bench.suite import PointSpec, Suite
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -38,7 +38,8 @@ from pqqp_bench.ordering import MeasuredSet, MethodSet, resampling, score_predic
 from pqqp_bench.paths import atomic_write, write_text
 from pqqp_bench.predictors import PREDICTORS, Cost, ProbeContext, exhaustive_cost, predictor, run_cost
 from pqqp_bench.store import Store, record
-from pqqp_bench.suite import load_suite
+from pqqp_bench.sections import load_suite
+from pqqp_bench.sections.order_search import measured_set
 
 TARGET = {"within_noise": 0.8, "regret_fraction": 0.25, "cost_fraction": 0.2}
 
@@ -85,7 +86,7 @@ def main() -> None:
     suite = load_suite(args.suite)
     bench = Bench(suite, Store(args.store), lookup_only=True, progress=False)
     analysis = Analysis(bench)
-    specs = suite.order_specs()
+    specs = suite.section("order_search").specs(suite)
     model = specs[0].model
     experiment = bench.experiment(model)
     layers = len(decoder_blocks(experiment.loaded.model))
@@ -108,7 +109,7 @@ def main() -> None:
     complete, sets, used = [], [], []
     for spec in specs:
         try:
-            measured = analysis.measured_set(spec)
+            measured = measured_set(analysis, spec)
             singles = [bench.measure(spec.model, spec.methods.single(i)) for i in range(len(spec.methods.units))]
         except Missing:
             continue

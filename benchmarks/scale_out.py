@@ -74,7 +74,7 @@ def compare(reference: dict, other: dict) -> dict:
 def warm_model_cache(suite: Path) -> None:
     """Convert the suite's models once (the GGUF conversion is cached), so that no mode's time includes it."""
     from pqqp_bench.experiment import Experiment, Settings
-    from pqqp_bench.suite import load_suite
+    from pqqp_bench.sections import load_suite
 
     for model in load_suite(suite).models:
         Experiment(Settings(model=model, device="cpu", progress=False))

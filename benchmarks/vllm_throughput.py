@@ -29,7 +29,7 @@ from pqqp_bench.export import export  # noqa: E402
 from pqqp_bench.measure import Bench  # noqa: E402
 from pqqp_bench.spec import Recipe  # noqa: E402
 from pqqp_bench.store import Store  # noqa: E402
-from pqqp_bench.suite import load_suite  # noqa: E402
+from pqqp_bench.sections import load_suite  # noqa: E402
 
 TOTAL = re.compile(r"Throughput: [\d.]+ requests/s, ([\d.]+) total tokens/s")
 
@@ -60,7 +60,7 @@ def main() -> int:
                        **{f"throughput_{k}": getattr(args, k)
                           for k in ("prompt_len", "output_len", "num_prompts", "enforce_eager")})
     backend = resolve_backend("vllm", args.vllm_venv)
-    model, seed, s = suite.models[0], suite.seeds[0], suite.throughput.settings
+    model, seed, s = suite.models[0], suite.seeds[0], suite.section("throughput").settings
     with tempfile.TemporaryDirectory(prefix="pqqp-vllm-bench-") as tmp:
         bench = Bench(suite, Store(Path(tmp) / "store.sqlite"), progress=False, vllm_venv=args.vllm_venv)
         experiment = bench.experiment(model)
@@ -71,7 +71,7 @@ def main() -> int:
         print(f"vllm bench throughput (dense, {time.perf_counter() - start:.0f} s with engine start): "
               f"{theirs:.1f} total tokens/s", flush=True)
         rows = []
-        for case in suite.throughput_cases():
+        for case in suite.section("throughput").tests(suite)["pqqp_throughput"]:
             start = time.perf_counter()
             quality, m = bench.throughput_case(case.model, case.recipe)
             rows.append((case.recipe, quality.value, m, time.perf_counter() - start))

@@ -20,6 +20,7 @@ from . import __version__
 from .errors import PqqpError
 from .paths import output_file, output_folder, same_file, write_text
 from .ray_runner import ADDRESSES, LOCAL, RAY_OPTIONS
+from .sections import options as section_options
 from .settings import KNOBS, PREDICTORS, Knob, Settings
 from .store import default_store_path
 
@@ -31,10 +32,7 @@ if TYPE_CHECKING:  # torch and transformers load with these: each command import
 
 
 SUITE_KEYS = tuple(knob.name for knob in KNOBS if not knob.suite_key)  # the settings a suite holds as they are
-GRID_FLAGS = ("pruners", "quantizers", "ratios", "bits", "orders", "curve_bits", "seeds", "max_ppl_ratio", "metric",
-              "lm_eval_limit", "throughput_recipes", "throughput_backend", "throughput_prompt_len",
-              "throughput_output_len", "throughput_num_prompts", "throughput_dtype", "throughput_enforce_eager",
-              "order_sets", "order_reference", "order_predictor", "order_probe_blocks")
+GRID_FLAGS = ("seeds", *section_options())  # the grid's and sections' keys (sections/__init__.py) as `pqqp run --suite` flags
 
 
 def add_knob(parser: argparse.ArgumentParser, knob: Knob, default: str) -> None:
@@ -53,7 +51,8 @@ def add_data_arguments(parser: argparse.ArgumentParser, default: Callable[[str],
 def add_grid_arguments(parser: argparse.ArgumentParser, text: str) -> None:
     """`GRID_FLAGS` as options overriding the suite's keys; `text` starts each help."""
     for flag in GRID_FLAGS:
-        parser.add_argument(f"--{flag.replace('_', '-')}", default=None, help=f"{text} {flag}")
+        what = section_options().get(flag, "calibration seeds, e.g. 0,1,2")
+        parser.add_argument(f"--{flag.replace('_', '-')}", default=None, help=f"{text} {flag}: {what}")
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +94,7 @@ def describe(case: "CaseResult") -> str:
 def suite_of(args: argparse.Namespace, **extra: Any) -> "Suite":
     """The `--suite` file with the command line's settings and grid overrides (the keys `pytest suites/` takes as
     `--pqqp-*`): `--model` sets the suite's models, `--seed` its seeds; `extra` sets further keys."""
-    from .suite import load_suite
+    from .sections import load_suite
 
     given = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
     overrides = {k: v for k, v in given.items() if v is not None and k in SUITE_KEYS}
@@ -121,7 +120,7 @@ def command_suite(args: argparse.Namespace) -> int:
 
     from .measure import Bench, progress_line
     from .analysis import Analysis
-    from .report import full_report
+    from .sections import active, full_report
     from .store import Store
 
     suite = suite_of(args)
@@ -144,27 +143,13 @@ def command_suite(args: argparse.Namespace) -> int:
         for index, case in enumerate(bar, 1):
             for m in bench.measure_case(case):
                 bar.write(progress_line(index, len(cases), m))
-        run_throughput(bench)
+        for section in active(suite):  # what is not a case of the suite's metric (throughput)
+            section.run(bench, lambda line: print(line, flush=True))
         print("\n" + full_report(Analysis(Bench(suite, store, lookup_only=True, cache_dir=args.cache_dir))))
-        if suite.throughput:
-            from .leaderboard import throughput_report
-
-            print("\n" + throughput_report(Bench(suite, store, lookup_only=True, cache_dir=args.cache_dir)))
         if args.json:
             count = store.export_json(args.json)
             print(f"\n{count} stored measurements written to {args.json}")
     return 0
-
-
-def run_throughput(bench: "Bench") -> None:
-    """The suite's throughput section: each recipe's metric and tokens/s (dense first), through the store."""
-    cases = bench.suite.throughput_cases()
-    if cases:
-        print(f"throughput: {len(cases)} cases, backend {bench.backend.name} ({bench.backend.reason})", flush=True)
-    for index, case in enumerate(cases, 1):
-        quality, m = bench.throughput_case(case.model, case.recipe)
-        print(f"[{index}/{len(cases)}] {case.model}  {case.recipe}  {bench.suite.metric} {quality.value:.4f}  "
-              f"{m.value:.1f} tokens/s  x{m.details['speedup']:.2f}  {m.details['served_as']}", flush=True)
 
 
 def existing_store(path: str) -> str:
@@ -206,7 +191,7 @@ def command_gate(args: argparse.Namespace) -> int:
     from .gate import run_gate, with_overrides
     from .store import Store
 
-    suite = with_overrides(suite_of(args, noise_sigmas=args.noise_sigmas, kernel_noise=args.kernel_noise),
+    suite = with_overrides(suite_of(args),
                            args.rel_tol, args.min_recovery)
     if args.update_baseline:
         output_file("--baseline", args.baseline, [args.store, args.suite, *suite_inputs(suite)])
@@ -344,9 +329,9 @@ def command_order(args: argparse.Namespace) -> int:
     from .measure import Bench
     from .ordering import parse_method_set
     from .spec import parse_recipe
-    from .report import order_evidence
+    from .sections.order_search import OrderSearch, OrderSpec, order_evidence, order_outcome
     from .store import Store
-    from .suite import OrderSearch, OrderSpec, Suite, coerce
+    from .suite import Suite, coerce
 
     methods = parse_method_set(args.methods)  # a bad set or setting fails before anything loads
     if args.probe_blocks < 1:
@@ -356,7 +341,7 @@ def command_order(args: argparse.Namespace) -> int:
     suite = Suite(name="order", models=(d.model,), corpus=d.corpus, seqlen=d.seqlen, calib_samples=d.calib_samples,
                   eval_tokens=d.eval_tokens, holdout=d.holdout, bos=d.bos, seeds=(d.seed,), batch_size=d.batch_size,
                   device=d.device, pruners=(), quantizers=(), ratios=(), bits=(),
-                  curve_bits=coerce("curve_bits", args.curve_bits), order_search=search)
+                  curve_bits=coerce("curve_bits", args.curve_bits), sections=(search,))
     spec = OrderSpec(suite, suite.models[0], methods)
     rule = args.predictor == "intensity"
     curve = list(suite.curve(args.reference).values()) if rule else []
@@ -374,7 +359,7 @@ def command_order(args: argparse.Namespace) -> int:
         for recipe in tqdm(plan, desc="measurements", unit="recipe", disable=args.no_progress):
             measured[recipe] = bench.measure(spec.model, recipe)
         analysis = Analysis(bench)
-        result, details = analysis.order_outcome(spec, exhaustive=args.exhaustive)
+        result, details = order_outcome(analysis, spec, exhaustive=args.exhaustive)
         print("\n" + order_evidence(analysis, spec, result, details))
         parts = []
         if rule:
@@ -500,11 +485,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="allowed relative worsening per case, e.g. 0.02 (default: the suite's gate rule, else 0.02)")
     gate.add_argument("--min-recovery", type=float, default=None,
                       help="fraction of the dense quality a case must keep, e.g. 0.5 (default: the suite's, else off)")
-    gate.add_argument("--kernel-noise", type=float, default=None,
-                      help="relative std of a value between machines' CPU kernels, added to the noise allowance, e.g. "
-                           "0.007 (default: the suite's kernel_noise)")
-    gate.add_argument("--noise-sigmas", type=float, default=None,
-                      help="noise allowance in standard errors of the seed spread (default: the suite's noise_sigmas)")
     gate.set_defaults(func=command_gate)
     order = sub.add_parser("order", help="recommend the order of n methods from their single runs (weakest first); "
                                          "--exhaustive also measures all n! orders")

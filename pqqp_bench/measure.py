@@ -221,13 +221,13 @@ class Bench:
         """The throughput backend of this bench (the section's, `auto` resolved once: vLLM where found)."""
         from .evaluate.throughput import resolve_backend
 
-        if self.suite.throughput is None:
+        if self.suite.section("throughput") is None:
             raise PqqpError(f"suite '{self.suite.name}' has no throughput section: add one (see suites/throughput.yaml)")
-        return resolve_backend(self.suite.throughput.settings.backend, self.vllm_venv)
+        return resolve_backend(self.suite.section("throughput").settings.backend, self.vllm_venv)
 
     def throughput_key(self, model: str, recipe: Recipe, backend: str | None = None) -> MeasurementKey:
-        assert self.suite.throughput is not None
-        split = self.suite.throughput.settings.split(backend or self.backend.name)
+        assert self.suite.section("throughput") is not None
+        split = self.suite.section("throughput").settings.split(backend or self.backend.name)
         return self.key(model, recipe, self.suite.seeds[0], metric=THROUGHPUT, split=split)
 
     def throughput(self, model: str, recipe: Recipe | str) -> Measurement:
@@ -262,7 +262,7 @@ class Bench:
         from .export import export
         from .metrics import compression_details
 
-        spec, backend = self.suite.throughput, self.backend
+        spec, backend = self.suite.section("throughput"), self.backend
         assert spec is not None
         experiment, seed = self.experiment(model), self.suite.seeds[0]
         compressed, report, compress_seconds = shared

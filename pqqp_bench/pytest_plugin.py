@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Iterator
 import pytest
 
 from .ray_runner import ADDRESSES, LOCAL, RAY_OPTIONS, ray_address
+from . import sections
 from .settings import KNOBS
 
 if TYPE_CHECKING:
@@ -44,46 +45,20 @@ SUITE = pytest.StashKey["Suite"]()
 GATE_REPORT = pytest.StashKey[str]()
 GATE_FAILED = pytest.StashKey[bool]()
 RAY_SUMMARY = pytest.StashKey[str]()
-# option -> help; each overrides the suite key of the same name (lists: comma-separated, e.g. --pqqp-seed 0,1,2;
-# templates with parameters: separated by ';')
-GRID_OPTIONS = {
-    **{knob.key: knob.help for knob in KNOBS},  # the settings (settings.py), then the grid's own keys
-    "metric": "ppl (token-level perplexity) or lm-eval:<task>/<metric>, e.g. lm-eval:pqqp_cloze/acc",
-    "lm_eval_limit": "lm-eval metrics: score only the first N documents of the task",
-    "pruners": "pruner templates, e.g. wanda,sparsegpt (';' between templates with parameters)",
-    "quantizers": "quantizer templates, e.g. 'rtn;quarot > gptq:g=64'",
-    "ratios": "pruning ratios p, e.g. 0.1,0.2,0.3",
-    "bits": "bit widths B of the joint grid (W, A, KV at B), e.g. 4,6,8",
-    "quantize": "what the quantizer quantizes at B bits: a subset of w,a,kv",
-    "orders": "orders to run: P>Q, Q>P",
-    "curve_bits": "bit widths of the quantization curve the CER interpolates on",
-    "max_ppl_ratio": "practical regime: points with a ppl above this multiple of dense are reported, not tested",
-    "noise_sigmas": "a monotonicity violation must exceed this many standard errors of the A difference",
-    "kernel_noise": "relative std of a measured value between machines' CPU kernels (benchmarks/kernel_spread.py), "
-                    "added to every A in the verdicts and to both sides in the gate, e.g. 0.007 (0: off)",
-    "bootstrap": "paired-bootstrap resamples for the noise of A",
-    "level": "one-sided level of the hypothesis tests' verdicts (supported / violated / inconclusive), e.g. 0.05",
-    "throughput_recipes": "throughput: recipes whose tokens/s is measured, e.g. 'sleb:p=0.2;rtn:w=8,a=8' (';'-separated)",
-    "throughput_backend": "throughput: vllm, transformers, or auto (vLLM where found)",
-    "order_sets": "order search: method sets, '|' between sets, ';' or ', ' between methods, e.g. "
-                  "'wanda:p=0.3; rtn:w=6,a=6,kv=6 | magnitude:p=0.2; rtn:w=8,a=8,kv=8'",
-    "order_reference": "order search: the quantizer template whose curve gives the CERs (rtn)",
-    "order_predictor": "order search: the predictor that recommends each order: intensity (default), probe, pairwise "
-                       "or probe-intensity (predictors.py)",
-    "order_probe_blocks": "order search: decoder blocks the probe predictors sample (default 2)",
-    "throughput_prompt_len": "throughput: tokens per prompt",
-    "throughput_output_len": "throughput: tokens generated per prompt (ignore_eos)",
-    "throughput_num_prompts": "throughput: prompts in the offline batch",
-    "throughput_dtype": "throughput: bfloat16, float16, float32",
-    "throughput_enforce_eager": "throughput: true runs vLLM without graph compilation (faster start, slower steps)",
-}
+
+
+def grid_options() -> dict[str, str]:
+    """Option -> help; each overrides the suite key of the same name (lists: comma-separated, e.g. --pqqp-seed 0,1,2;
+    templates with parameters: separated by ';'): the settings (settings.py), then the grid's and sections' keys
+    (sections/__init__.py)."""
+    return {**{knob.key: knob.help for knob in KNOBS}, **sections.options()}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pqqp", "pqqp-bench: compression-order benchmark")
     group.addoption("--pqqp-suite", default=None, help="suite YAML (default: suites/default.yaml under the rootdir)")
     aliases = {"models": ["--pqqp-model"], "seeds": ["--pqqp-seed"]}
-    for name, text in GRID_OPTIONS.items():
+    for name, text in grid_options().items():
         group.addoption(f"--pqqp-{name.replace('_', '-')}", *aliases.get(name, []), dest=f"pqqp_{name}",
                         default=None, help=f"{text} (default: the suite's)")
     group.addoption("--pqqp-store", default=None,
@@ -136,7 +111,7 @@ def pytest_configure(config: pytest.Config) -> None:
             ray_address(config.getoption("pqqp_ray"))
         except PqqpError as exc:
             raise pytest.UsageError(f"pqqp: {exc}") from None
-    if config.getoption("pqqp_suite") or any(config.getoption(f"pqqp_{name}") is not None for name in GRID_OPTIONS):
+    if config.getoption("pqqp_suite") or any(config.getoption(f"pqqp_{name}") is not None for name in grid_options()):
         suite_of(config)  # a bad suite or override is a usage error now, in one line, not a collection error
     if config.getoption("pqqp_store"):
         from .errors import PqqpError
@@ -197,10 +172,10 @@ def suite_of(config: pytest.Config) -> "Suite":
     """The session's suite: the YAML with the command-line overrides, read once."""
     if SUITE not in config.stash:
         from .errors import PqqpError
-        from .suite import load_suite
+        from .sections import load_suite
 
         path = config.getoption("pqqp_suite") or Path(config.rootpath) / "suites" / "default.yaml"
-        overrides = {name: config.getoption(f"pqqp_{name}") for name in GRID_OPTIONS}
+        overrides = {name: config.getoption(f"pqqp_{name}") for name in grid_options()}
         try:
             config.stash[SUITE] = load_suite(path, **overrides)
         except PqqpError as exc:
@@ -214,30 +189,28 @@ def marks_for(recipe) -> list:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize `pqqp_case` over the suite's cases, and each section's test parameters (sections/) over what the
+    section gives; a parameter whose section the suite lacks gets one deselected placeholder."""
     names = metafunc.fixturenames
-    if not any(n in names for n in ("pqqp_case", "pqqp_hypothesis", "pqqp_pooled", "pqqp_interference", "pqqp_throughput",
-                                    "pqqp_pipeline", "pqqp_order", "pqqp_order_rule")):
+    if "pqqp_case" not in names and not any(name in names for name in sections.fixtures()):
         return
     suite = suite_of(metafunc.config)
-    if "pqqp_throughput" in names:
-        cases = [pytest.param(c, id=c.id, marks=[*marks_for(c.recipe), pytest.mark.pqqp_throughput])
-                 for c in suite.throughput_cases()]
-        metafunc.parametrize("pqqp_throughput", cases or [pytest.param(None, marks=ABSENT)])
     if "pqqp_case" in names:
         cases = suite.cases()
         groups = case_groups(cases, worker_count(metafunc.config))
         metafunc.parametrize("pqqp_case", [
             pytest.param(c, id=c.id, marks=[*marks_for(c.recipe), pytest.mark.pqqp_case, pytest.mark.xdist_group(g)])
             for c, g in zip(cases, groups)])
-    rules = suite.models if suite.order_search else ()
-    for name, specs in (("pqqp_hypothesis", suite.hypotheses()), ("pqqp_pooled", suite.pooled_hypotheses()),
-                        ("pqqp_interference", suite.interference_specs()),
-                        ("pqqp_pipeline", suite.pipeline_specs()), ("pqqp_order", suite.order_specs()),
-                        ("pqqp_order_rule", rules)):
-        if name in names:
-            params = [pytest.param(s, id=getattr(s, "id", s), marks=[pytest.mark.pqqp, pytest.mark.pqqp_hypothesis])
-                      for s in specs]
-            metafunc.parametrize(name, params or [pytest.param(None, marks=ABSENT)])
+    given = {}
+    for section in sections.active(suite):
+        for name, values in section.tests(suite).items():
+            given[name] = [pytest.param(v, id=getattr(v, "id", v), marks=[
+                *(marks_for(v.recipe) if hasattr(v, "recipe") else [pytest.mark.pqqp]), getattr(pytest.mark, section.mark)])
+                for v in values]
+    for registration in sections.SECTIONS:
+        for name in registration.fixtures:
+            if name in names:
+                metafunc.parametrize(name, given.get(name) or [pytest.param(None, marks=ABSENT)])
 
 
 ABSENT = pytest.mark.pqqp_absent
@@ -386,17 +359,15 @@ def summary(terminalreporter, config: pytest.Config) -> None:
     path = store_path(config)
     if not path.exists():
         return
-    from .measure import Bench
     from .analysis import Analysis
-    from .report import full_report
+    from .measure import Bench
+    from .sections import full_report
     from .store import Store
-
-    from .leaderboard import throughput_report
 
     try:
         with Store(path) as store:
             bench = Bench(suite_of(config), store, lookup_only=True, cache_dir=config.getoption("pqqp_cache_dir"))
-            text = "\n\n".join(part for part in (full_report(Analysis(bench)), throughput_report(bench)) if part)
+            text = full_report(Analysis(bench))
     except Exception as exc:  # a summary must never hide the test outcome
         terminalreporter.write_line(f"pqqp: no summary: {type(exc).__name__}: {exc}")
         return

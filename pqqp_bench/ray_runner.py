@@ -19,7 +19,7 @@ stays one SQLite file on the driver's machine (SQLite must not be written over a
   On a cluster, install the same pqqp-bench and run `scripts/setup.sh` on every node (the embedded model, the
   HF cache), and keep local model folders and corpus files on a path every node mounts.
 * Throughput cases (the suite's `throughput` section) are not run here: they time generation on one
-  machine, which the local driver does afterwards (`pqqp run --suite` calls `run_throughput` after this).
+  machine, which the local driver does afterwards (`pqqp run --suite` runs the throughput section after this).
 
 Ray is an optional extra (`pip install 'pqqp-bench[ray]'`); it is imported only when a run starts.
 """

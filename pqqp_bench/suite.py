@@ -23,12 +23,9 @@ import yaml
 
 from .errors import PqqpError
 from .evaluate.lmeval import parse_metric
-from .evaluate.throughput import ThroughputSettings
-from .settings import PREDICTORS, Settings, check_bos, check_mode, check_schedule
+from .settings import Settings, check_bos, check_mode, check_schedule
 from .methods import method_class
 from .methods.base import boolean, format_value
-from .ordering import MethodSet, parse_method_set
-from .pipelines import Pipeline, pipelines_section
 from .prefixes import cache_size, trie_order
 from .spec import Recipe, parse_recipe
 
@@ -53,93 +50,6 @@ class GateRule:
             raise PqqpError(f"gate rel_tol={self.rel_tol!r} is not accepted: a finite fraction >= 0 (0.02 is 2%) or null")
         if self.min_recovery is not None and not 0 < self.min_recovery <= 1:
             raise PqqpError(f"gate min_recovery={self.min_recovery!r} is not accepted: a fraction in (0, 1] or null")
-
-
-@dataclass(frozen=True)
-class ThroughputSpec:
-    """The suite's `throughput` section: recipes whose generation speed is measured, and how (dense is always
-    measured too: it is what the speed-ups divide by)."""
-
-    recipes: tuple[Recipe, ...]
-    settings: ThroughputSettings = ThroughputSettings()
-
-    def cases(self, model: str) -> list["Case"]:
-        recipes = dict.fromkeys([Recipe(()), *self.recipes])
-        return [Case(model, r, "throughput", short(r)) for r in recipes]
-
-
-THROUGHPUT_KEYS = ("recipes", "backend", "prompt_len", "output_len", "num_prompts", "dtype", "enforce_eager", "timeout")
-
-
-def throughput_section(value: Any) -> ThroughputSpec | None:
-    """`throughput: {recipes: [...], backend: auto, prompt_len: 128, ...}` (null: no throughput tests)."""
-    if value is None or isinstance(value, ThroughputSpec):
-        return value
-    if not isinstance(value, dict):
-        raise PqqpError(f"bad value throughput={value!r} in the suite: accepted a mapping with keys "
-                        f"{', '.join(THROUGHPUT_KEYS)}")
-    unknown = sorted(set(value) - set(THROUGHPUT_KEYS))
-    if unknown:
-        raise PqqpError(f"unknown throughput key '{unknown[0]}' in the suite: accepted {', '.join(THROUGHPUT_KEYS)}")
-    recipes = value.get("recipes") or ["dense"]
-    recipes = recipes.split(";") if isinstance(recipes, str) else recipes
-    if not isinstance(recipes, (list, tuple)):
-        raise PqqpError(f"bad value throughput.recipes={recipes!r} in the suite: accepted a list of recipes, "
-                        f"e.g. [dense, 'sleb:p=0.2', 'rtn:w=8,a=8']")
-    numbers = {"prompt_len": int, "output_len": int, "num_prompts": int, "timeout": float, "enforce_eager": to_bool}
-    settings = {}
-    for key in set(value) - {"recipes"}:
-        raw = value[key]
-        try:
-            settings[key] = numbers[key](raw) if key in numbers and not isinstance(raw, bool) else raw
-        except (TypeError, ValueError):
-            accepted = "true or false" if key == "enforce_eager" else "a positive number"
-            raise PqqpError(f"bad value throughput.{key}={raw!r} in the suite: accepted {accepted}") from None
-    return ThroughputSpec(tuple(parse_recipe(str(r).strip()) for r in recipes if str(r).strip()),
-                          ThroughputSettings(**settings))
-
-
-@dataclass(frozen=True)
-class OrderSearch:
-    """The suite's `order_search` section: method sets whose recommended order (by increasing CER, from the
-    single runs) is checked against every permutation. `reference` is the quantizer whose curve (the suite's
-    `curve_bits`) the CERs are read on."""
-
-    sets: tuple[MethodSet, ...]
-    reference: str = "rtn"
-    predictor: str = "intensity"  # which predictor recommends the order (predictors.PREDICTORS)
-    probe_blocks: int = 2  # decoder blocks the probe predictors sample
-
-
-ORDER_KEYS = ("sets", "reference", "predictor", "probe_blocks")
-
-
-def order_search_section(value: Any) -> OrderSearch | None:
-    """`order_search: {reference: rtn, predictor: probe, probe_blocks: 4, sets: ['wanda:p=0.3; rtn:w=6; ...', ...]}`."""
-    if value is None or isinstance(value, OrderSearch):
-        return value
-    accepted = "accepted a mapping {sets: [method sets], reference: quantizer template, predictor: name, probe_blocks: n}"
-    if not isinstance(value, dict):
-        raise PqqpError(f"bad value order_search={value!r} in the suite: {accepted}")
-    unknown = sorted(set(value) - set(ORDER_KEYS))
-    if unknown:
-        raise PqqpError(f"unknown order_search key '{unknown[0]}' in the suite: accepted {', '.join(ORDER_KEYS)}")
-    predictor = str(value.get("predictor") or "intensity")
-    if predictor not in PREDICTORS:
-        raise PqqpError(f"bad value order_search.predictor={predictor!r} in the suite: accepted {', '.join(PREDICTORS)}")
-    blocks = value.get("probe_blocks", 2)
-    if isinstance(blocks, str) and blocks.strip().isdigit():
-        blocks = int(blocks)
-    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
-        raise PqqpError(f"bad value order_search.probe_blocks={blocks!r} in the suite: accepted a positive integer")
-    sets = value.get("sets")
-    if not isinstance(sets, list) or not sets:
-        raise PqqpError(f"bad value order_search.sets={sets!r} in the suite: accepted a non-empty list of method sets, "
-                        f"e.g. ['wanda:p=0.3; rtn:w=6,a=6,kv=6']")
-    parsed = tuple(parse_method_set(str(text)) for text in sets)
-    if len({m.id for m in parsed}) != len(parsed):
-        raise PqqpError("order_search.sets names the same method set twice: accepted distinct sets")
-    return OrderSearch(parsed, str(value.get("reference") or "rtn"), predictor, blocks)
 
 
 @dataclass(frozen=True)
@@ -179,11 +89,10 @@ class Suite:
     kernel_noise: float = 0.0
     bootstrap: int = 2000
     level: float = 0.05  # one-sided test level of the hypothesis verdicts (hypothesis.judge)
-    interference: bool = False
     gate: tuple[tuple[str, GateRule], ...] = ()  # (metric, rule); a metric not named gets GateRule()
-    throughput: ThroughputSpec | None = None  # generation speed of some recipes (evaluate/throughput.py)
-    pipelines: tuple[Pipeline, ...] = ()  # general pipelines: A(first -> second) against x (pipelines.py, §5.4)
-    order_search: OrderSearch | None = None  # the intensity-order rule against every permutation (ordering.py)
+    # the sections the YAML holds (interference, pipelines, order_search, throughput), parsed, in the order of
+    # `sections.SECTIONS`; each is a `sections.base.Section` (read through `section(key)`)
+    sections: tuple[Any, ...] = ()
     expected_minutes: float | None = None
     source: str = field(default="", compare=False)
 
@@ -197,6 +106,10 @@ class Suite:
                       batch_size=self.batch_size, device=self.device, offload=self.offload, schedule=self.schedule,
                       prefix_cache=self.prefix_cache, prefix_cache_dir=self.prefix_cache_dir)
         return Settings(**{**values, **extra})
+
+    def section(self, key: str) -> Any:
+        """The suite's section of that key (sections/), or None where the suite has none."""
+        return next((s for s in self.sections if s.key == key), None)
 
     def gate_rule(self, metric: str) -> GateRule:
         return dict(self.gate).get(metric, GateRule())
@@ -235,15 +148,6 @@ class Suite:
             return []
         return [PooledSpec(self, m, pr, q) for m in self.models for pr in self.pruners for q in self.quantizers]
 
-    def interference_specs(self) -> list["InterferenceSpec"]:
-        if not self.interference:
-            return []
-        return [InterferenceSpec(h.suite, h.model, h.pruner, h.quantizer, h.p) for h in self.hypotheses()]
-
-    def throughput_cases(self) -> list["Case"]:
-        """The throughput section's measurements: per model, dense first, then each recipe."""
-        return [c for m in self.models for c in self.throughput.cases(m)] if self.throughput else []
-
     def cases(self) -> list["Case"]:
         """Every distinct measurement the grid needs, per model in the order that reuses compressed prefixes
         (`scheduled`): the dense model first, each recipe after the recipes it starts from."""
@@ -266,26 +170,10 @@ class Suite:
                         recipe = self.joint(pt.pruner, pt.quantizer, pt.p, pt.bits, order)
                         add(model, recipe, "joint", f"{short(self.pruner(pt.pruner, pt.p))}-"
                                                     f"{short(self.quantizer(pt.quantizer, pt.bits))}-{order}")
-            for family in self.pipelines:
-                for recipe in family.recipes():
-                    add(model, recipe, "pipeline", f"{family.name}-{short(recipe)}")
-            if self.order_search:
-                for recipe in self.curve(self.order_search.reference).values():
-                    add(model, recipe, "quant", short(recipe))
-                for method_set in self.order_search.sets:
-                    for i in range(len(method_set.units)):
-                        add(model, method_set.single(i), "single", short(method_set.single(i)))
-                    for order in method_set.orders():
-                        add(model, method_set.recipe(order), "order", short(method_set.recipe(order)))
+            for section in self.sections:
+                for case in section.cases(self, model):
+                    add(model, case.recipe, case.role, case.label)
         return scheduled(list(found.values()))
-
-    def pipeline_specs(self) -> list["PipelineSpec"]:
-        return [PipelineSpec(self, m, f) for m in self.models for f in self.pipelines]
-
-    def order_specs(self) -> list["OrderSpec"]:
-        sets = self.order_search.sets if self.order_search else ()
-        return [OrderSpec(self, m, s) for m in self.models for s in sets]
-
 
 def scheduled(cases: list["Case"]) -> list["Case"]:
     """The cases per model in the order of the tree of their stages (`prefixes.trie_order`): each recipe right
@@ -372,37 +260,6 @@ class PooledSpec:
                 for p in self.suite.ratios for b in self.suite.bits]
 
 
-@dataclass(frozen=True)
-class InterferenceSpec(HypothesisSpec):
-    """Table 1 for one pruner: A(Q->P) at a fixed p across bit widths, and whether the structure changed."""
-
-
-@dataclass(frozen=True)
-class PipelineSpec:
-    """One family of the `pipelines` section on one model: A(first -> second) against x."""
-
-    suite: Suite
-    model: str
-    family: Pipeline
-
-    @property
-    def id(self) -> str:
-        return f"{model_id(self.model)}-{self.family.name}"
-
-
-@dataclass(frozen=True)
-class OrderSpec:
-    """One method set of the `order_search` section on one model."""
-
-    suite: Suite
-    model: str
-    methods: MethodSet
-
-    @property
-    def id(self) -> str:
-        return f"{model_id(self.model)}-{self.methods.id}"
-
-
 def short(recipe: Recipe) -> str:
     """A recipe as a test id: no spaces (`quarot>rtn:w=4,a=4,kv=4`)."""
     return compact(str(recipe))
@@ -456,19 +313,13 @@ def coerce(name: str, value: Any) -> Any:
     """A YAML or command-line value as the field's type; lists may also be given as 'a,b,c'."""
     if name == "gate":
         return gate_rules(value)
-    if name == "throughput":
-        return throughput_section(value)
-    if name == "pipelines":
-        return pipelines_section(value)
-    if name == "order_search":
-        return order_search_section(value)
     if name in TUPLES:
         items = split_list(name, value) if isinstance(value, str) else value
         items = items if isinstance(items, (list, tuple)) else [items]
         if any(isinstance(v, (dict, list, tuple, bool)) or v is None for v in items):
             raise PqqpError(f"bad value {name}={value!r} in the suite: accepted a list of {TUPLES[name].__name__}")
         return tuple(scalar(name, v, TUPLES[name].__name__) for v in items if str(v).strip())
-    kinds = {f.name: f.type for f in fields(Suite) if f.name != "source"}
+    kinds = {f.name: f.type for f in fields(Suite) if f.name not in ("source", "sections")}
     if name not in kinds:
         raise PqqpError(f"unknown suite key '{name}': accepted {', '.join(kinds)}")
     if value is None:
@@ -535,8 +386,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_suite(path: str | Path, **overrides: Any) -> Suite:
-    """Read a suite YAML; `overrides` (e.g. from command-line options, None meaning not given) win over it."""
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A suite YAML as a mapping of its keys (`model` read as `models`); refuses a file that is not one."""
     path = Path(path)
     if not path.is_file():
         raise PqqpError(f"suite file {str(path)!r} does not exist: accepted a suite YAML such as suites/default.yaml")
@@ -555,25 +406,21 @@ def load_suite(path: str | Path, **overrides: Any) -> Suite:
         raise PqqpError(f"suite file {str(path)!r} must hold a mapping of keys (models, pruners, ...), not {type(raw).__name__}")
     if "model" in raw:
         raw["models"] = raw.pop("model")
-    section = {k.removeprefix("throughput_"): v for k, v in overrides.items()
-               if k.startswith("throughput_") and v is not None}
-    if section:  # --pqqp-throughput-* options change (or create) the throughput section
-        raw["throughput"] = {**(raw.get("throughput") or {}), **section}
-    order = {k.removeprefix("order_"): v for k, v in overrides.items() if k.startswith("order_") and v is not None}
-    if order:  # --pqqp-order-sets 'a; b | c; d' and --pqqp-order-reference change (or create) the order search
-        if isinstance(order.get("sets"), str):
-            order["sets"] = [text for text in order["sets"].split("|") if text.strip()]
-        raw["order_search"] = {**(raw.get("order_search") or {}), **order}
-    values = {k: coerce(k, v) for k, v in raw.items()}
-    values.update({k: coerce(k, v) for k, v in overrides.items()
-                   if v is not None and not k.startswith(("throughput_", "order_"))})
-    return Suite(**{"name": path.stem, **values, "source": str(path)})
+    return raw
+
+
+def suite_from(path: str | Path, values: dict[str, Any], overrides: dict[str, Any]) -> Suite:
+    """The suite of a YAML's keys, its sections already parsed (`sections.load_suite`, which reads suites);
+    `overrides` (None meaning not given) win over the keys."""
+    values = {k: v if k == "sections" else coerce(k, v) for k, v in values.items()}
+    values.update({k: coerce(k, v) for k, v in overrides.items() if v is not None})
+    return Suite(**{"name": Path(path).stem, **values, "source": str(path)})
 
 
 def check_grid(suite: Suite) -> None:
     """Refuse a grid that cannot run, before any model is loaded: every error names the bad value."""
     grid = ("pruners", "quantizers", "ratios", "bits")  # may all be empty in a suite of other sections only
-    other = suite.throughput or suite.pipelines or suite.order_search
+    other = suite.sections
     for name in ("models", "seeds", "pruners", "quantizers", "ratios", "bits", "orders", "quantize"):
         if not getattr(suite, name) and not (other and name in grid):
             raise PqqpError(f"suite key '{name}' is empty: give at least one value")
@@ -582,9 +429,8 @@ def check_grid(suite: Suite) -> None:
     check_schedule(suite.schedule)
     check_bos(suite.bos)
     cache_size(suite.prefix_cache)
-    if suite.offload != "none" and (suite.metric != "ppl" or suite.throughput):
-        raise PqqpError(f"offload={suite.offload!r} evaluates perplexity only: accepted metric ppl and no throughput "
-                        f"section, or offload none")
+    if suite.offload != "none" and suite.metric != "ppl":
+        raise PqqpError(f"offload={suite.offload!r} evaluates perplexity only: accepted metric ppl, or offload none")
     if suite.lm_eval_limit is not None and suite.lm_eval_limit < 1:
         raise PqqpError(f"lm_eval_limit={suite.lm_eval_limit} is not accepted: a positive number of documents or null")
     for order in suite.orders:
@@ -620,5 +466,8 @@ def check_grid(suite: Suite) -> None:
     for template in suite.quantizers:
         for b in suite.bits:
             suite.quantizer(template, b)
-    if suite.order_search:
-        suite.curve(suite.order_search.reference)
+    keys = [section.key for section in suite.sections]
+    if len(set(keys)) != len(keys):
+        raise PqqpError(f"the suite holds a section twice ({', '.join(keys)}): accepted one of each")
+    for section in suite.sections:
+        section.check(suite)

@@ -60,4 +60,7 @@ if [ ! -f "$austen/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb" ]; then
     echo "setup: note: no apt-get here; corpus 'austen' stays unavailable (see pqqp corpora)"
   fi
 fi
+# `pqqp methods` answers from a table cached per method code and plugin set (listing.py): build it once now, so the
+# first listing on this machine answers at once too.
+"$PY" -m pqqp_bench.cli methods >/dev/null 2>&1 || echo "setup: note: could not prebuild the method table (pqqp methods builds it on first use)"
 echo "setup: done ($("$PY" -c 'import torch, transformers; print("torch", torch.__version__, "| transformers", transformers.__version__)'))"

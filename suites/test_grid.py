@@ -40,8 +40,10 @@ import pytest
 from pqqp_bench.errors import PqqpError
 from pqqp_bench.hypothesis import INCONCLUSIVE, VIOLATED
 from pqqp_bench.ordering import summarize
-from pqqp_bench.report import interference_verdict, order_evidence, pipeline_verdict, predictor_name, summary_text
-from pqqp_bench.report import verdict as report_verdict
+from pqqp_bench.sections.grid import verdict as report_verdict
+from pqqp_bench.sections.interference import interference_verdict
+from pqqp_bench.sections.order_search import order_evidence, order_outcome, predictor_name, summary_text
+from pqqp_bench.sections.pipelines import pipeline_verdict
 
 
 def test_case(pqqp_bench, pqqp_case) -> None:
@@ -107,8 +109,8 @@ def test_throughput(pqqp_bench, pqqp_throughput, benchmark) -> None:
     print(f"\n{pqqp_throughput.recipe}: {m.value:.1f} tokens/s ({backend.name}), x{d['speedup']:.2f} over dense, "
           f"{d['served_as']}; {pqqp_bench.suite.metric} {quality.value:.4g}")
     assert m.value > 0 and math.isfinite(m.value), f"{pqqp_throughput.recipe}: {m.value} tokens/s"
-    assert d["prompt_tokens"] + d["output_tokens"] == d["requests"] * (
-        pqqp_bench.suite.throughput.settings.prompt_len + pqqp_bench.suite.throughput.settings.output_len), (
+    settings = pqqp_bench.suite.section("throughput").settings
+    assert d["prompt_tokens"] + d["output_tokens"] == d["requests"] * (settings.prompt_len + settings.output_len), (
         f"{pqqp_throughput.recipe}: generated lengths differ from the settings: {d}")
     assert math.isfinite(quality.value), f"{pqqp_throughput.recipe}: {pqqp_bench.suite.metric} {quality.value}"
 
@@ -120,7 +122,7 @@ def test_pipeline(pqqp_analysis, pqqp_pipeline) -> None:
 
 
 def test_order_search(pqqp_bench, pqqp_analysis, pqqp_order) -> None:
-    result, details = pqqp_analysis.order_outcome(pqqp_order)
+    result, details = order_outcome(pqqp_analysis, pqqp_order)
     print(f"\n{pqqp_order.id}\n{order_evidence(pqqp_analysis, pqqp_order, result, details)}")
     assert all(math.isfinite(m) for _, m in result.metrics), f"an order collapsed to a non-finite metric: {result}"
     methods = pqqp_order.methods
@@ -135,8 +137,8 @@ def test_order_search(pqqp_bench, pqqp_analysis, pqqp_order) -> None:
 
 
 def test_order_rule(pqqp_bench, pqqp_analysis, pqqp_order_rule) -> None:
-    specs = [s for s in pqqp_bench.suite.order_specs() if s.model == pqqp_order_rule]
-    outcomes = [pqqp_analysis.order_outcome(s)[0] for s in specs]
+    specs = [s for s in pqqp_bench.suite.section("order_search").specs(pqqp_bench.suite) if s.model == pqqp_order_rule]
+    outcomes = [order_outcome(pqqp_analysis, s)[0] for s in specs]
     rows = "\n".join(f"{s.methods.name}: rank {r.rank}/{len(r.metrics)}, regret {r.regret:.4g}, random regret "
                      f"{r.random_regret:.4g}" for s, r in zip(specs, outcomes))
     summary = summarize(outcomes)

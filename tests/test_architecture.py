@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from pqqp_bench.cli import main
+from pqqp_bench.errors import PqqpError
 from pqqp_bench.methods import registry
 from pqqp_bench.methods.prune import Pruner
 from pqqp_bench.methods.statistics import STATISTICS
@@ -172,3 +173,114 @@ def test_slow_marks_follow_what_methods_declare() -> None:
     assert slow("wanda:p=0.3 > gptq:w=4") and slow("sleb:p=0.2") and not slow("wanda:p=0.3 > rtn:w=4")
     assert [name for name, m in registry().methods.items() if m.method.slow and m.builtin] == \
         ["sparsegpt", "sleb", "gptq", "mpq", "share", "lora"]
+
+
+# --- adding a suite section ------------------------------------------------------------------------------
+
+TOY_SECTION = '''
+from dataclasses import dataclass
+
+from pqqp_bench.errors import PqqpError
+from pqqp_bench.report import Table
+from pqqp_bench.sections.base import Section
+from pqqp_bench.spec import Recipe, parse_recipe
+from pqqp_bench.suite import Case, model_id, short
+
+
+@dataclass(frozen=True)
+class Cost:
+    model: str
+    recipe: Recipe
+
+    @property
+    def id(self):
+        return f"{model_id(self.model)}-{short(self.recipe)}"
+
+
+@dataclass(frozen=True)
+class Toy(Section):
+    """`toy: {recipes: [...]}`: each recipe's perplexity over the dense model's."""
+
+    key = "toy"
+    recipes: tuple = ()
+
+    @classmethod
+    def parse(cls, value):
+        if value is None:
+            return None
+        if not isinstance(value, dict) or not value.get("recipes"):
+            raise PqqpError(f"bad value toy={value!r} in the suite: accepted {{recipes: [recipes]}}")
+        recipes = value["recipes"].split(";") if isinstance(value["recipes"], str) else value["recipes"]
+        return cls(tuple(parse_recipe(r) for r in recipes))
+
+    def cases(self, suite, model):
+        return [Case(model, r, "toy", short(r)) for r in self.recipes]
+
+    def tests(self, suite):
+        return {"pqqp_toy": [Cost(m, r) for m in suite.models for r in self.recipes]}
+
+    def collect(self, analysis, model):
+        dense = analysis.mean_value(model, Recipe(()))
+        return tuple((str(r), analysis.mean_value(model, r) / dense) for r in self.recipes)
+
+    def report(self, analysis):
+        return "\\n".join(f"toy: {r} costs {x:.4f}x dense" for m in analysis.suite.models for r, x in self.collect(analysis, m))
+
+    def tables(self, board, suite):
+        return [Table("Toy: perplexity over dense", ("recipe", "ratio"),
+                      tuple((r, f"{x:.4f}") for r, x in board.part(self.key)))]
+
+
+SECTION = Toy
+'''
+
+TOY_TEST = '''
+def test_case(pqqp_bench, pqqp_case):
+    pqqp_bench.measure_case(pqqp_case)
+
+
+def test_toy(pqqp_bench, pqqp_toy):
+    assert pqqp_bench.measure(pqqp_toy.model, pqqp_toy.recipe).value > 0
+'''
+
+
+def test_a_toy_section_runs_through_the_harness(monkeypatch: pytest.MonkeyPatch, pytester: pytest.Pytester,
+                                                model_dir: Path, text_file: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """docs/architecture.md's "Adding a suite section": a module, its registration, its test function; then the suite
+    key, the `--pqqp-toy-recipes` override, the cases, the pytest parameters, the report and the leaderboard take it."""
+    import sys
+
+    import pqqp_bench.sections as sections
+    from pqqp_bench.sections import Registration, load_suite
+
+    (tmp_path / "toy_section.py").write_text(TOY_SECTION)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sections, "SECTIONS", (*sections.SECTIONS, Registration(
+        "toy", "toy_section", ("pqqp_toy",), {"recipes": "toy: recipes (';'-separated)"}, prefix="toy")))
+    suite_file = tmp_path / "toy.yaml"
+    suite_file.write_text(f"models: ['{model_dir}']\ncorpus: '{text_file}'\nseqlen: 32\ncalib_samples: 4\n"
+                          f"eval_tokens: 128\ndevice: cpu\npruners: []\nquantizers: []\nratios: []\nbits: []\n"
+                          f"toy: {{recipes: ['magnitude:p=0.5']}}\n")
+    suite = load_suite(suite_file, toy_recipes="magnitude:p=0.5;rtn:w=4")
+    assert [str(c.recipe) for c in suite.cases()] == ["dense", "magnitude:p=0.5", "rtn:w=4"]
+    with pytest.raises(PqqpError, match="bad value toy="):
+        load_suite(write_yaml(tmp_path, "toy: {}"))
+
+    store = tmp_path / "toy.sqlite"
+    pytester.makepyfile(test_toy=TOY_TEST)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-v", "--pqqp-suite", str(suite_file),
+                                          "--pqqp-store", str(store))
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*test_toy?tiny-llama-magnitude:p=0.5? PASSED*", "*toy: magnitude:p=0.5 costs *x dense*"])
+
+    assert main(["leaderboard", "--suite", str(suite_file), "--store", str(store), "--out", str(tmp_path / "board")]) == 0
+    page = (tmp_path / "board" / "leaderboard.md").read_text()
+    assert "#### Toy: perplexity over dense" in page and "| magnitude:p=0.5 |" in page
+    assert "toy_section" in sys.modules
+
+
+def write_yaml(folder: Path, text: str) -> Path:
+    path = folder / "bad.yaml"
+    path.write_text(text)
+    return path

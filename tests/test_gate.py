@@ -16,7 +16,7 @@ import torch
 from pqqp_bench.cli import main
 from pqqp_bench.errors import PqqpError
 from pqqp_bench.spec import Recipe
-from pqqp_bench.suite import load_suite
+from pqqp_bench.sections import load_suite
 from synthetic import fake_model, fill, open_bench, suite_yaml, toy_ppl
 
 REPO = Path(__file__).resolve().parents[1]

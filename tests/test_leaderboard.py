@@ -14,10 +14,11 @@ import pytest
 
 from pqqp_bench import __version__
 from pqqp_bench.cli import main
-from pqqp_bench.leaderboard import build, figure_pixels
+from pqqp_bench.leaderboard import build
+from pqqp_bench.report import figure_pixels
 from pqqp_bench.measure import Bench
 from pqqp_bench.store import Store
-from pqqp_bench.suite import load_suite
+from pqqp_bench.sections import load_suite
 from synthetic import fake_model, fill, open_bench, suite_yaml
 
 SKIPPED = "wanda:p=0.3 > rtn:w=4,a=4,kv=4"
@@ -153,7 +154,7 @@ def test_html_leaderboard_renders_in_chromium(bench: Bench, tmp_path: Path) -> N
 def test_axes_are_set_by_practical_points_and_go_logarithmic_on_their_span_alone() -> None:
     from matplotlib.figure import Figure
 
-    from pqqp_bench.leaderboard import edge, scale_axis, short_model
+    from pqqp_bench.report import edge, scale_axis, short_model
 
     ax = Figure().subplots()
     limits = scale_axis(ax, "y", [12.0, 14.0, 19.0], [8606.0])  # a collapsed ppl never widens the axis

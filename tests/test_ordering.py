@@ -20,10 +20,13 @@ from pqqp_bench.hypothesis import VERDICTS
 from pqqp_bench.measure import Bench
 from pqqp_bench.ordering import cost_ratio, outcome, parse_method_set, recommend, split_methods, summarize
 from pqqp_bench.pipelines import pipelines_section
-from pqqp_bench.report import order_evidence, pipeline_verdict
+from pqqp_bench.sections.order_search import order_evidence, order_outcome
+from pqqp_bench.sections.pipelines import Pipelines, pipeline_verdict
 from pqqp_bench.spec import parse_recipe
 from pqqp_bench.store import Store
-from pqqp_bench.suite import OrderSearch, OrderSpec, Suite, load_suite
+from pqqp_bench.suite import Suite
+from pqqp_bench.sections import load_suite
+from pqqp_bench.sections.order_search import OrderSearch, OrderSpec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,13 +117,14 @@ def test_rank_regret_and_random_baseline() -> None:
 def suite(model_dir: Path, text_file: Path) -> Suite:
     return Suite(models=(str(model_dir),), corpus=str(text_file), seqlen=32, calib_samples=4, eval_tokens=128,
                  pruners=(), quantizers=(), ratios=(), bits=(), curve_bits=(3, 4, 8), bootstrap=200, device="cpu",
-                 max_ppl_ratio=1000, pipelines=pipelines_section(MULTISTAGE),
-                 order_search=OrderSearch((parse_method_set("wanda:p=0.3, rtn:w=4,a=4,kv=4, magnitude:p=0.1"),)))
+                 max_ppl_ratio=1000, sections=(
+                     Pipelines.parse(MULTISTAGE),
+                     OrderSearch((parse_method_set("wanda:p=0.3, rtn:w=4,a=4,kv=4, magnitude:p=0.1"),))))
 
 
 def test_pipeline_points_are_paired_advantages(suite: Suite, tmp_path: Path) -> None:
     bench = Bench(suite, Store(tmp_path / "s.sqlite"), progress=False)
-    spec = suite.pipeline_specs()[0]
+    spec = suite.section("pipelines").specs(suite)[0]
     verdict = pipeline_verdict(Analysis(bench), spec)
     anchor, *rest = verdict.rows
     assert anchor[4] == 0.0 and anchor[5] == 0.0  # x = 0: one recipe compared with itself
@@ -133,9 +137,9 @@ def test_pipeline_points_are_paired_advantages(suite: Suite, tmp_path: Path) -> 
 
 def test_order_outcome_ranks_the_recommendation_among_all_orders(suite: Suite, tmp_path: Path) -> None:
     bench = Bench(suite, Store(tmp_path / "s.sqlite"), progress=False)
-    spec = OrderSpec(suite, suite.models[0], suite.order_search.sets[0])
+    spec = OrderSpec(suite, suite.models[0], suite.section("order_search").sets[0])
     analysis = Analysis(bench)
-    result, details = analysis.order_outcome(spec)
+    result, details = order_outcome(analysis, spec)
     ppl = {o: bench.measure(spec.model, spec.methods.recipe(o)).value for o in spec.methods.orders()}
     singles = [bench.measure(spec.model, spec.methods.single(i)).value for i in range(3)]
     assert details["recommended"] == tuple(sorted(range(3), key=lambda i: singles[i]))
@@ -181,7 +185,7 @@ def test_suite_tests_run_end_to_end(tmp_path: Path, model_dir: Path, text_file: 
         "  sharing:\n    x: C_P\n    first: 'share:r=0.9 > magnitude:p={p}'\n    second: 'magnitude:p={p} > share:r=0.9'\n"
         "    alone: ['share:r=0.9']\n    points: [{x: 1.25, p: 0.2}, {x: 2.0, p: 0.5}]\n"
         "order_search:\n  sets: ['wanda:p=0.3; rtn:w=4,a=4,kv=4']\n")
-    assert load_suite(folder / "s.yaml").order_search.sets[0].id == "wanda:p=0.3+rtn:w=4,a=4,kv=4"
+    assert load_suite(folder / "s.yaml").section("order_search").sets[0].id == "wanda:p=0.3+rtn:w=4,a=4,kv=4"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "test_grid.py", "--pqqp-suite", "s.yaml", "--pqqp-store",
                            str(folder / "st.sqlite"), "-p", "no:cacheprovider", "-rA", "-v"],
@@ -220,8 +224,8 @@ def test_order_search_options_override_the_suite(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text("pruners: [wanda]\nquantizers: [rtn]\n")
     suite = load_suite(path, order_sets="wanda:p=0.3; rtn:w=8,a=8,kv=8 | magnitude:p=0.2, rtn:w=6", order_reference="gptq")
-    assert [m.id for m in suite.order_search.sets] == ["wanda:p=0.3+rtn:w=8,a=8,kv=8", "magnitude:p=0.2+rtn:w=6"]
-    assert suite.order_search.reference == "gptq"
+    assert [m.id for m in suite.section("order_search").sets] == ["wanda:p=0.3+rtn:w=8,a=8,kv=8", "magnitude:p=0.2+rtn:w=6"]
+    assert suite.section("order_search").reference == "gptq"
     with pytest.raises(PqqpError, match="order_search.sets"):
         load_suite(path, order_reference="gptq")
 

@@ -145,7 +145,7 @@ class OtherMagnitude(Magnitude):
 
 def test_the_leaderboard_sets_implementations_of_one_recipe_side_by_side(entry_points, tmp_path: Path) -> None:
     from pqqp_bench.leaderboard import build
-    from pqqp_bench.suite import load_suite
+    from pqqp_bench.sections import load_suite
     from synthetic import fake_model, fill, open_bench, suite_yaml
 
     entry_points(point("other-magnitude", f"{__name__}:OtherMagnitude"))

@@ -21,10 +21,12 @@ from pqqp_bench.measure import Bench
 from pqqp_bench.ordering import MeasuredSet, parse_method_set, regrets, score_predictor, score_random, within_noise
 from pqqp_bench.predictors import (Cost, ProbeContext, block_error, compressed_block, exhaustive_cost, predictor,
                                    run_cost, sample_blocks)
-from pqqp_bench.report import order_evidence
+from pqqp_bench.sections.order_search import order_evidence, order_outcome
 from pqqp_bench.spec import parse_recipe
 from pqqp_bench.store import Store
-from pqqp_bench.suite import OrderSearch, OrderSpec, Suite, load_suite
+from pqqp_bench.suite import Suite
+from pqqp_bench.sections import load_suite
+from pqqp_bench.sections.order_search import OrderSearch, OrderSpec
 
 SET3 = "wanda:p=0.3; rtn:w=4,a=4,kv=4; magnitude:p=0.1"
 
@@ -171,12 +173,12 @@ def test_costs_add_and_count_calibrated_passes() -> None:
 def test_bench_and_cli_use_the_probe(model_dir: Path, text_file: Path, tmp_path: Path, capsys) -> None:
     suite = Suite(models=(str(model_dir),), corpus=str(text_file), seqlen=32, calib_samples=4, eval_tokens=128,
                   pruners=(), quantizers=(), ratios=(), bits=(), curve_bits=(4, 8), device="cpu", max_ppl_ratio=1000,
-                  order_search=OrderSearch((parse_method_set("wanda:p=0.3; rtn:w=4"),), predictor="probe", probe_blocks=1))
+                  sections=(OrderSearch((parse_method_set("wanda:p=0.3; rtn:w=4"),), predictor="probe", probe_blocks=1),))
     with Store(tmp_path / "s.sqlite") as store:
         bench = Bench(suite, store, progress=False)
-        spec = OrderSpec(suite, suite.models[0], suite.order_search.sets[0])
+        spec = OrderSpec(suite, suite.models[0], suite.section("order_search").sets[0])
         analysis = Analysis(bench)
-        result, details = analysis.order_outcome(spec)
+        result, details = order_outcome(analysis, spec)
         assert details["predictor"] == "probe" and "singles" not in details and len(details["scores"]) == 2
         assert result.recommended == details["recommended"]
         assert len(store) == 2  # the two orders; the probe measured nothing
@@ -199,9 +201,9 @@ def test_bench_and_cli_use_the_probe(model_dir: Path, text_file: Path, tmp_path:
 def test_suite_key_and_option_choose_the_predictor(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text("order_search:\n  sets: ['wanda:p=0.3; rtn:w=4']\n  predictor: pairwise\n  probe_blocks: 3\n")
-    search = load_suite(path).order_search
+    search = load_suite(path).section("order_search")
     assert (search.predictor, search.probe_blocks) == ("pairwise", 3)
-    over = load_suite(path, order_predictor="probe", order_probe_blocks="2").order_search
+    over = load_suite(path, order_predictor="probe", order_probe_blocks="2").section("order_search")
     assert (over.predictor, over.probe_blocks) == ("probe", 2)
     for bad, match in (("predictor: oracle", "order_search.predictor='oracle'"), ("probe_blocks: 0", "probe_blocks=0"),
                        ("probe_blocks: true", "probe_blocks=True")):

@@ -22,7 +22,8 @@ from pqqp_bench.errors import PqqpError
 from pqqp_bench.measure import Bench
 from pqqp_bench.ray_runner import Task, checked_key, ray_address, run_on_ray
 from pqqp_bench.store import KEY_FIELDS, Store
-from pqqp_bench.suite import Suite, load_suite
+from pqqp_bench.suite import Suite
+from pqqp_bench.sections import load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 240

@@ -10,7 +10,7 @@ import pytest
 
 from pqqp_bench.cli import build_parser
 from pqqp_bench.errors import PqqpError
-from pqqp_bench.pytest_plugin import GRID_OPTIONS
+from pqqp_bench.pytest_plugin import grid_options
 from pqqp_bench.settings import KNOBS, Settings, markdown_table
 from pqqp_bench.suite import Suite
 
@@ -28,7 +28,7 @@ def test_every_knob_is_a_setting_a_suite_key_a_flag_and_an_option():
     flags = {option for action in run._actions for option in action.option_strings}
     for knob in KNOBS:
         assert knob.name in fields and knob.key in suite
-        assert GRID_OPTIONS[knob.key] == knob.help
+        assert grid_options()[knob.key] == knob.help
         assert knob.flag in flags
         default = suite[knob.key].default
         assert (default == (knob.default,)) if knob.suite_key else (default == knob.default), knob.name
@@ -40,3 +40,9 @@ def test_a_choice_outside_the_knob_is_refused_everywhere(knob):
         Settings(**{knob.name: "nonsense"})
     with pytest.raises(PqqpError, match="nonsense"):
         build_parser().parse_args(["run", knob.flag, "nonsense"])
+
+
+def test_the_readme_table_of_grid_and_section_keys_is_the_generated_one():
+    from pqqp_bench.sections import markdown_table as sections_table
+
+    assert sections_table() in README.read_text()

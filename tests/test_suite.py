@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from pqqp_bench.errors import PqqpError
-from pqqp_bench.suite import Suite, load_suite
+from pqqp_bench.suite import Suite
+from pqqp_bench.sections import load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +23,7 @@ def test_yaml_keys_and_overrides(tmp_path: Path) -> None:
     path = write(tmp_path, "model: tiny\npruners: [wanda, 'sparsegpt:damp=0.02']\nquantizers: ['quarot > gptq:g=64']\n"
                            "ratios: [0.1, 0.2]\nbits: [4, 8]\nseeds: [0, 1]\ninterference: yes\n")
     suite = load_suite(path, bits="5,6", seeds=None, pruners="magnitude")
-    assert suite.name == "grid" and suite.models == ("tiny",) and suite.interference is True
+    assert suite.name == "grid" and suite.models == ("tiny",) and suite.section("interference") is not None
     assert suite.bits == (5, 6) and suite.seeds == (0, 1) and suite.ratios == (0.1, 0.2)
     assert suite.pruners == ("magnitude",) and suite.quantizers == ("quarot > gptq:g=64",)
     assert load_suite(path, quantizers="rtn:g=64,clip=none;gptq").quantizers == ("rtn:g=64,clip=none", "gptq")
@@ -50,7 +51,7 @@ def test_grid_recipes_and_ids() -> None:
     assert (qp.order, pq.order) == ("Q>P", "P>Q") and qp.reversed() == pq
     assert [h.id for h in suite.hypotheses()] == ["smollm2-135m-sparsegpt:p=0.2-rtn",
                                                  "smollm2-135m-sparsegpt:p=0.2-quarot>gptq:g=64"]
-    assert suite.interference_specs() == []
+    assert suite.section("interference") is None
 
 
 def test_quantize_subset_fills_only_those_bits() -> None:

@@ -12,7 +12,7 @@ from pqqp_bench.errors import PqqpError
 from pqqp_bench.evaluate import throughput as tp
 from pqqp_bench.measure import Bench
 from pqqp_bench.store import Store
-from pqqp_bench.suite import load_suite
+from pqqp_bench.sections import load_suite
 
 from conftest import char_tokenizer, tiny_llama
 
@@ -45,8 +45,8 @@ def test_bad_throughput_section_is_one_line(tmp_path, section, message) -> None:
 def test_section_options_override_and_dense_comes_first(tmp_path) -> None:
     path = throughput_suite(tmp_path / "s.yaml", "m", "pydoc", recipes="['sleb:p=0.5']")
     suite = load_suite(path, throughput_num_prompts="3", throughput_backend="auto")
-    assert (suite.throughput.settings.num_prompts, suite.throughput.settings.backend) == (3, "auto")
-    assert [c.label for c in suite.throughput_cases()] == ["dense", "sleb:p=0.5"]
+    assert (suite.section("throughput").settings.num_prompts, suite.section("throughput").settings.backend) == (3, "auto")
+    assert [c.label for c in suite.section("throughput").tests(suite)["pqqp_throughput"]] == ["dense", "sleb:p=0.5"]
     assert suite.cases()[0].label == "dense" and not suite.hypotheses()
 
 
@@ -74,7 +74,7 @@ def test_transformers_fallback_is_stored_once_and_resumed(tmp_path, model_dir, t
     d = m.details
     assert d["backend"] == "transformers" and d["format"] == "transformers" and not d["low_bit"]
     assert d["prompt_tokens"] == 2 * 8 and d["output_tokens"] == 2 * 4 and m.value == pytest.approx(24 / d["elapsed"])
-    dense = store.get(bench.throughput_key(str(model_dir), bench.suite.throughput_cases()[0].recipe))
+    dense = store.get(bench.throughput_key(str(model_dir), bench.suite.section("throughput").tests(bench.suite)["pqqp_throughput"][0].recipe))
     assert dense is not None and d["speedup"] == pytest.approx(m.value / dense.value)
     assert m.key.metric == "throughput" and m.key.split.startswith("backend=transformers,prompt_len=8")
     assert len(store) == 2  # dense and the case: nothing else was measured
@@ -134,7 +134,7 @@ def test_leaderboard_throughput_table(tmp_path) -> None:
     served = {"sleb:p=0.5": (False, "dense weights (no low-bit kernel)", []),
               "rtn:w=8,a=8": (True, "INT8 W8A8, compressed-tensors int-quantized",
                               ["CompressedTensorsW8A8Int8: CPUInt8ScaledMMLinearKernel"])}
-    for case, tps in zip(suite.throughput_cases()[1:], (150.0, 120.0)):
+    for case, tps in zip(suite.section("throughput").tests(suite)["pqqp_throughput"][1:], (150.0, 120.0)):
         low_bit, text, kernels = served[str(case.recipe)]
         details = {"backend": "vllm", "version": "0.32.0", "low_bit": low_bit, "served_as": text, "kernels": kernels,
                    "notes": ["float tensors cast from float32 to bfloat16 for serving"], "speedup": tps / 100.0}
