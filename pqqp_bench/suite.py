@@ -240,6 +240,10 @@ class Suite:
             return []
         return [InterferenceSpec(h.suite, h.model, h.pruner, h.quantizer, h.p) for h in self.hypotheses()]
 
+    def section(self, key: str):
+        """The suite's section of that key (None where the suite has none)."""
+        return getattr(self, key, None)
+
     def throughput_cases(self) -> list["Case"]:
         """The throughput section's measurements: per model, dense first, then each recipe."""
         return [c for m in self.models for c in self.throughput.cases(m)] if self.throughput else []
