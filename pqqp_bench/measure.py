@@ -5,8 +5,9 @@ first; only a missing one is computed, under an inter-process claim (two pytest-
 the same thing), and stored in one transaction as soon as it exists. So an interrupted run keeps everything
 measured so far and a re-run resumes. The model is loaded only when something must be computed, once per model.
 
-What a measurement is, is `metrics.py`'s (perplexity, lm-eval tasks) and the throughput section's; what the stored
-numbers mean for the paper (CER, A(Q->P) with its noise, verdicts, order outcomes) is `analysis.py`'s.
+What a measurement is, is `metrics.py`'s (perplexity, lm-eval tasks, throughput): its key's split, its baseline
+and its evaluation; `Bench` holds no metric's code. What the stored numbers mean for the paper (CER, A(Q->P) with
+its noise, verdicts, order outcomes) is `analysis.py`'s.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from . import __version__
 from .compress import schedule_matters
 from .errors import PqqpError
+from .metrics import THROUGHPUT, Metric, MetricContext, Throughput, metric_for
 from .prefixes import wanted_prefixes
 from .store import Measurement, MeasurementKey, Store
 from .suite import Case, Suite
@@ -30,7 +32,6 @@ if TYPE_CHECKING:
     from .metrics import Compressed
 
 METRIC = "ppl"  # the default metric: token-level perplexity (`lm-eval:<task>/<metric>` selects an lm-eval task)
-THROUGHPUT = "throughput"  # generation tokens/s (the suite's `throughput` section; evaluate/throughput.py)
 
 
 class Missing(LookupError):
@@ -80,8 +81,8 @@ class Bench:
     experiments: dict[str, Any] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
     window_starts: dict[str, str] = field(default_factory=dict)  # per model: `bos` or `none` (data.bos_label)
-    task_managers: dict[str, Any] = field(default_factory=dict)  # lm-eval's, built once per bench
     vllm_venv: str | None = None  # where vLLM lives when this environment has none (evaluate/throughput.py)
+    contexts: dict[str, MetricContext] = field(default_factory=dict)  # per metric name: what it keeps per bench
 
     # --- identity ----------------------------------------------------------------------------------------
 
@@ -133,13 +134,19 @@ class Bench:
         """The suite's seeds where one of `recipes` can depend on the seed, else just the first."""
         return self.suite.seeds if any(uses_seed(r) for r in recipes) else self.suite.seeds[:1]
 
-    def split(self, model: str) -> str:
-        """The evaluation split in the key: the perplexity windows (with how they start), or the context an lm-eval
-        task runs with."""
-        s = self.suite
-        if s.metric == METRIC:
-            return f"holdout={s.holdout:g},seqlen={s.seqlen},tokens={s.eval_tokens},start={self.window_start(model)}"
-        return f"holdout={s.holdout:g},max_length={s.seqlen}" + (f",limit={s.lm_eval_limit}" if s.lm_eval_limit else "")
+    def metric(self, name: str | None = None) -> tuple[Metric, MetricContext]:
+        """The metric that measures `name` (default: the suite's) and its context in this bench, built once: what
+        the metric keeps between measurements lasts as long as the bench."""
+        name = name or self.suite.metric
+        if name not in self.contexts:
+            self.contexts[name] = MetricContext(self.suite, name, self.window_start, lambda: self.numbers_environment,
+                                                self.vllm_venv)
+        return metric_for(name), self.contexts[name]
+
+    def split(self, model: str, metric: str | None = None) -> str:
+        """The evaluation split in the key: the metric's (`Metric.split`)."""
+        found, context = self.metric(metric)
+        return found.split(context, model)
 
     def key(self, model: str, recipe: Recipe, seed: int, metric: str | None = None, split: str | None = None
             ) -> MeasurementKey:
@@ -147,7 +154,7 @@ class Bench:
         seeded = uses_seed(recipe)
         return MeasurementKey(
             model=model, model_hash=self.fingerprint(model), corpus=self.corpus_id,
-            split=split or self.split(model), recipe=str(recipe),
+            split=split or self.split(model, metric), recipe=str(recipe),
             recipe_key=recipe.key, metric=metric or s.metric, seed=seed if seeded else -1,
             calibration=f"{calibration_key(s, recipe)},start={self.window_start(model)}" if seeded else "",
             harness_version=self.harness,
@@ -155,11 +162,39 @@ class Bench:
 
     # --- measuring ---------------------------------------------------------------------------------------
 
-    def measure(self, model: str, recipe: Recipe | str, seed: int | None = None) -> Measurement:
-        """The stored measurement of `recipe` on `model`, computing and storing it first if it is missing."""
+    def measure(self, model: str, recipe: Recipe | str, seed: int | None = None, metric: str | None = None,
+                compressed: Callable[[], "Compressed"] | None = None) -> Measurement:
+        """The stored measurement of `recipe` on `model` by `metric` (default: the suite's), computing and storing
+        it first if it is missing. The metric's baseline comes first, stored or measured, so a row is never read
+        without the one it is relative to. `compressed`: where the recipe's compressed copy comes from when it
+        must be computed (one copy shared by several metrics, `measure_together`)."""
         recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
         seed = self.suite.seeds[0] if seed is None else seed
-        return self.stored_or_computed(self.key(model, recipe, seed), lambda: self.compute(model, recipe, seed))
+        base = self.metric(metric)[0].baseline(recipe)
+        if base is not None:
+            self.measure(model, base, seed, metric)
+        return self.stored_or_computed(self.key(model, recipe, seed, metric),
+                                       lambda: self.compute(model, recipe, seed, compressed() if compressed else None,
+                                                            metric))
+
+    def measure_together(self, model: str, recipe: Recipe | str, metrics: Sequence[str | None],
+                         seed: int | None = None) -> list[Measurement]:
+        """`recipe` on `model` by each of `metrics` (None: the suite's), each stored or measured in turn, every
+        baseline first; the missing ones share one compressed copy (SLEB's search, GPTQ's sweeps run once)."""
+        recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
+        seed = self.suite.seeds[0] if seed is None else seed
+        for name in metrics:  # before any compressed copy exists (a dense model is timed on its own)
+            base = self.metric(name)[0].baseline(recipe)
+            if base is not None:
+                self.measure(model, base, seed, name)
+        shared: list["Compressed"] = []
+
+        def compressed() -> "Compressed":
+            if not shared:
+                shared.append(self.experiment(model).compressed(recipe, seed))
+            return shared[0]
+
+        return [self.measure(model, recipe, seed, name, compressed) for name in metrics]
 
     def stored_or_computed(self, key: MeasurementKey, compute: Callable[[], tuple[float, dict]]) -> Measurement:
         """The stored measurement of `key`, or `compute()`'s, stored under the key's claim (once per process
@@ -201,90 +236,48 @@ class Bench:
             self.experiments[model].prefixes.wanted = wanted_prefixes(recipes, self.suite.schedule)
         return self.experiments[model]
 
-    def compute(self, model: str, recipe: Recipe, seed: int, compressed: "Compressed | None" = None
-                ) -> tuple[float, dict]:
-        from .blocks import block_linears, decoder_blocks
-        from .metrics import metric_for
+    def compute(self, model: str, recipe: Recipe, seed: int, compressed: "Compressed | None" = None,
+                metric: str | None = None) -> tuple[float, dict]:
+        """`recipe` on `model` by `metric` (default: the suite's), computed now: the value and its details, as
+        the metric's `evaluate` gives them (with its baseline's stored measurement, where it has one)."""
+        found, context = self.metric(metric)
+        base = found.baseline(recipe)
+        baseline = None if base is None else self.measure(model, base, seed, metric)
+        result = found.evaluate(context, self.experiment(model), recipe, seed, compressed, baseline)
+        return result.value, result.details
 
-        experiment = self.experiment(model)
-        dense = decoder_blocks(experiment.loaded.model)
-        narrowest = min(lin.in_features for b in dense for lin in block_linears(b).values())
-        tolerance = 0.5 / narrowest + (0.5 / len(dense) if any(s.removes_blocks for s in recipe.stages) else 0.0)
-        found = metric_for(self.suite.metric).evaluate(experiment, recipe, seed, self.suite, self.task_managers, compressed)
-        return found.value, {"order": recipe.order, **found.details, "sparsity_tolerance": tolerance,
-                             "seconds": found.seconds, "device": experiment.device, "environment": self.numbers_environment}
+    # --- throughput: the throughput metric's measurements, under the names callers use -------------------
 
-    # --- throughput ------------------------------------------------------------------------------------
+    def throughput_metric(self) -> tuple[Throughput, MetricContext]:
+        metric, context = self.metric(THROUGHPUT)
+        assert isinstance(metric, Throughput)
+        return metric, context
 
-    @cached_property
+    @property
     def backend(self) -> "Backend":
         """The throughput backend of this bench (the section's, `auto` resolved once: vLLM where found)."""
-        from .evaluate.throughput import resolve_backend
-
-        if self.suite.section("throughput") is None:
-            raise PqqpError(f"suite '{self.suite.name}' has no throughput section: add one (see suites/throughput.yaml)")
-        return resolve_backend(self.suite.section("throughput").settings.backend, self.vllm_venv)
+        metric, context = self.throughput_metric()
+        return metric.backend(context)
 
     def throughput_key(self, model: str, recipe: Recipe, backend: str | None = None) -> MeasurementKey:
-        assert self.suite.section("throughput") is not None
-        split = self.suite.section("throughput").settings.split(backend or self.backend.name)
-        return self.key(model, recipe, self.suite.seeds[0], metric=THROUGHPUT, split=split)
+        """The key of `recipe`'s tokens/s on `model`: this bench's backend, or `backend`'s row (reports look up
+        either)."""
+        metric, context = self.throughput_metric()
+        return self.key(model, recipe, self.suite.seeds[0], THROUGHPUT, metric.split(context, model, backend))
 
     def throughput(self, model: str, recipe: Recipe | str) -> Measurement:
         """The stored tokens/s of `recipe` on `model` (the dense model's first: the speed-up divides by it),
         measured and stored first where missing. A failure stores nothing and keeps what was stored."""
-        return self.throughput_case(model, recipe, quality=False)[1]
+        return self.measure(model, recipe, metric=THROUGHPUT)
 
     def throughput_case(self, model: str, recipe: Recipe | str, quality: bool = True
                         ) -> tuple[Measurement | None, Measurement]:
         """The suite metric (with `quality`) and the tokens/s of `recipe`, each stored or measured; where both are
-        missing, one compression serves both (SLEB's search, GPTQ's sweeps run once)."""
-        recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
-        dense = None if not recipe.stages else self.throughput(model, Recipe(()))
-        seed, shared = self.suite.seeds[0], []
-
-        def compressed() -> "Compressed":
-            if not shared:
-                shared.append(self.experiment(model).compressed(recipe, seed))
-            return shared[0]
-
-        metric = self.stored_or_computed(self.key(model, recipe, seed),
-                                         lambda: self.compute(model, recipe, seed, compressed())) if quality else None
-        speed = self.stored_or_computed(self.throughput_key(model, recipe),
-                                        lambda: self.compute_throughput(model, recipe, dense, compressed()))
+        missing, one compression serves both."""
+        if not quality:
+            return None, self.throughput(model, recipe)
+        metric, speed = self.measure_together(model, recipe, (None, THROUGHPUT))
         return metric, speed
-
-    def compute_throughput(self, model: str, recipe: Recipe, dense: Measurement | None, shared: "Compressed"
-                           ) -> tuple[float, dict]:
-        import tempfile
-
-        from .evaluate.throughput import run_transformers, run_vllm
-        from .export import export
-        from .metrics import compression_details
-
-        spec, backend = self.suite.section("throughput"), self.backend
-        assert spec is not None
-        experiment, seed = self.experiment(model), self.suite.seeds[0]
-        compressed, report, compress_seconds = shared
-        served: dict[str, Any]
-        if backend.name == "vllm":
-            assert backend.python is not None
-            with tempfile.TemporaryDirectory(prefix="pqqp-export-") as tmp:
-                exported = export(compressed, experiment.loaded.tokenizer, report, Path(tmp) / "model",
-                                  spec.settings.dtype)
-                result = run_vllm(exported.folder, spec.settings, backend.python, seed)
-            served = exported.as_dict()
-        else:
-            result = run_transformers(compressed, experiment.loaded.tokenizer, spec.settings, seed, experiment.device)
-            served = {"format": "transformers", "low_bit": False, "served_as": "the harness's model (fake quantization)",
-                      "notes": [f"transformers backend: {backend.reason}"]}
-        value = result["tokens_per_s"]
-        dense_value = value if dense is None else dense.value
-        return value, {
-            "order": recipe.order, **result, **served, "backend_reason": backend.reason, **compression_details(report),
-            "dense_tokens_per_s": dense_value, "dense_created": dense.created if dense else "",
-            "speedup": value / dense_value, "seconds": {"compress": compress_seconds, "measure": result["elapsed"]},
-        }
 
     def measure_case(self, case: Case) -> list[Measurement]:
         """A case under every seed that can change it (one measurement where none can)."""

@@ -424,7 +424,8 @@ def check_grid(suite: Suite) -> None:
     for name in ("models", "seeds", "pruners", "quantizers", "ratios", "bits", "orders", "quantize"):
         if not getattr(suite, name) and not (other and name in grid):
             raise PqqpError(f"suite key '{name}' is empty: give at least one value")
-    parse_metric(suite.metric)
+    if suite.metric.startswith("lm-eval:"):  # which metrics exist is the metrics' registry's (sections.load_suite)
+        parse_metric(suite.metric)
     check_mode(suite.offload)
     check_schedule(suite.schedule)
     check_bos(suite.bos)

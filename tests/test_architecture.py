@@ -1,5 +1,6 @@
 """docs/architecture.md is the module order: every import of the package points up its table (module level, inside
-functions and under TYPE_CHECKING alike), every module is in it, and its "Adding a method" walk-through works."""
+functions and under TYPE_CHECKING alike), every module is in it, and its "Adding a method" and "Adding a metric"
+walk-throughs work."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from pqqp_bench import metrics
 from pqqp_bench.cli import main
 from pqqp_bench.errors import PqqpError
 from pqqp_bench.methods import registry
 from pqqp_bench.methods.prune import Pruner
 from pqqp_bench.methods.statistics import STATISTICS
+from pqqp_bench.metrics import Evaluated, MetricContext, compression_details
+from pqqp_bench.spec import Recipe
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "pqqp_bench"
@@ -133,6 +137,65 @@ def test_a_toy_method_runs_through_the_harness(monkeypatch: pytest.MonkeyPatch, 
     assert re.search(r"^peak\s+prune", listing, flags=re.M), listing
     [case] = [r for r in json.loads(out.read_text())["results"] if r["recipe"] == "peak:p=0.3 > rtn:w=4"]
     assert case["achieved"]["sparsity"] == pytest.approx(0.3, abs=0.02) and case["achieved"]["w_bits"] == 4
+
+
+# --- the doc's "Adding a metric", done by a test -----------------------------------------------------------
+
+
+class Zeros:
+    """A toy metric: the fraction of the decoder Linears' weights that are zero once compressed."""
+
+    names = "zeros"
+
+    def accepts(self, name: str) -> bool:
+        return name == "zeros"
+
+    def split(self, context: MetricContext, model: str) -> str:
+        return "linears=decoder"
+
+    def baseline(self, recipe: Recipe) -> Recipe | None:
+        return None
+
+    def evaluate(self, context: MetricContext, experiment, recipe: Recipe, seed: int, compressed=None,
+                 baseline=None) -> Evaluated:
+        from pqqp_bench.blocks import block_linears, decoder_blocks
+
+        model, report, seconds = compressed or experiment.compressed(recipe, seed)
+        weights = [lin.weight for b in decoder_blocks(model) for lin in block_linears(b).values()]
+        zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+        return Evaluated(zeros, {"order": recipe.order, **compression_details(report), "seconds": {"compress": seconds}})
+
+
+def test_a_toy_metric_is_measured_through_the_bench(monkeypatch: pytest.MonkeyPatch, model_dir: Path,
+                                                    text_file: Path, tmp_path: Path) -> None:
+    from pqqp_bench.experiment import Experiment
+    from pqqp_bench.measure import Bench
+    from pqqp_bench.store import Store
+    from pqqp_bench.suite import Suite
+
+    monkeypatch.setattr(metrics, "METRICS", (*metrics.METRICS, Zeros()))  # a new metric: one class, one entry
+    suite = Suite(models=(str(model_dir),), corpus=str(text_file), seqlen=32, calib_samples=4, eval_tokens=128,
+                  device="cpu")
+    bench, model = Bench(suite, Store(tmp_path / "s.sqlite"), progress=False), str(model_dir)
+    m = bench.measure(model, "magnitude:p=0.5", metric="zeros")
+    assert m.key.metric == "zeros" and m.key.split == "linears=decoder" and m.value == pytest.approx(0.5, abs=0.02)
+    assert m.details["achieved"]["sparsity"] == pytest.approx(m.value, abs=0.02)
+    assert bench.measure(model, "magnitude:p=0.5", metric="zeros") == m and len(bench.computed) == 1  # stored
+
+    calls, compressed = [], Experiment.compressed
+    monkeypatch.setattr(Experiment, "compressed", lambda self, *a: calls.append(a) or compressed(self, *a))
+    ppl, zeros = bench.measure_together(model, "wanda:p=0.3", (None, "zeros"))
+    assert len(calls) == 1 and ppl.key.metric == "ppl" and zeros.value == pytest.approx(0.3, abs=0.02)  # one copy
+    with pytest.raises(PqqpError, match=r"no metric measures 'ones': accepted ppl, lm-eval:<task>/<metric>, "
+                                        r"throughput, zeros"):
+        metrics.metric_for("ones")
+
+    from pqqp_bench.sections import load_suite  # a suite may name it as its metric; tokens/s is a section's
+    assert load_suite(write_yaml(tmp_path, "metric: zeros\n")).metric == "zeros"
+    with pytest.raises(PqqpError, match="no metric measures 'ones'"):
+        load_suite(write_yaml(tmp_path, "metric: ones\n"))
+    with pytest.raises(PqqpError, match="metric 'throughput' is not accepted as the suite's metric"):
+        load_suite(write_yaml(tmp_path, "metric: throughput\n"))
 
 
 # --- the command line's listings answer without importing torch ------------------------------------------

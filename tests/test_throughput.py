@@ -100,6 +100,72 @@ def test_transformers_fallback_is_stored_once_and_resumed(tmp_path, model_dir, t
     assert len(store) == 4
 
 
+THROUGHPUT_FIELDS = ["order", "backend", "version", "elapsed", "requests", "prompt_tokens", "output_tokens", "tokens_per_s",
+                     "output_tokens_per_s", "quantization", "dtype", "kernels", "device", "format", "low_bit",
+                     "served_as", "notes", "backend_reason", "requested", "achieved", "structure",
+                     "dense_tokens_per_s", "dense_created", "speedup", "seconds"]  # a stored row's, as before the metric
+
+
+def test_throughput_is_measured_as_a_metric(tmp_path, model_dir, text_file) -> None:
+    """Tokens/s through the generic path (`Bench.measure` with the metric's name): the dense baseline stored
+    first, the rows' fields those Bench's own throughput path stored, the backend resolved once per bench."""
+    from pqqp_bench.metrics import Throughput, metric_for
+    from pqqp_bench.spec import Recipe, parse_recipe
+
+    model, recipe = str(model_dir), parse_recipe("magnitude:p=0.5")
+    suite = load_suite(throughput_suite(tmp_path / "s.yaml", model, str(text_file), recipes="['magnitude:p=0.5']"))
+    store = Store(tmp_path / "r.sqlite")
+    bench = Bench(suite, store, progress=False)
+    metric, context = bench.metric("throughput")
+    assert isinstance(metric, Throughput) and metric is metric_for("throughput") and context.suite is suite
+    assert metric.baseline(recipe) == Recipe(()) and metric.baseline(Recipe(())) is None
+    m = bench.measure(model, recipe, metric="throughput")
+    dense = store.get(bench.throughput_key(model, Recipe(())))
+    assert dense is not None and bench.computed == [dense.key.digest(), m.key.digest()]  # the baseline first
+    assert len(store) == 2  # nothing else was measured
+    assert m.key == bench.throughput_key(model, recipe) and m.key.metric == "throughput"
+    assert m.key.split == "backend=transformers,prompt_len=8,output_len=4,num_prompts=2,dtype=float32"
+    assert list(m.details) == THROUGHPUT_FIELDS and list(dense.details) == THROUGHPUT_FIELDS
+    assert m.details["dense_created"] == dense.created and m.details["dense_tokens_per_s"] == dense.value
+    assert m.details["speedup"] == pytest.approx(m.value / dense.value) and m.value == pytest.approx(24 / m.details["elapsed"])
+    assert dense.details["speedup"] == 1.0 and dense.details["dense_created"] == ""
+    assert m.details["backend_reason"] == "asked for" and m.details["achieved"]["sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert context.state["backend"] is bench.backend and bench.backend.name == "transformers"  # resolved once
+    assert bench.throughput(model, recipe) == m and bench.throughput_case(model, recipe, quality=False) == (None, m)
+    assert len(bench.computed) == 2  # the thin wrappers found the stored rows
+
+
+def test_vllm_rows_through_the_metric(tmp_path, model_dir, text_file, monkeypatch) -> None:
+    """The vLLM branch of the metric, with the export and the vLLM process stood in for: the exported checkpoint's
+    description and the worker's figures are what the row stores, under the `backend=vllm` key."""
+    import pqqp_bench.export as export_module
+    from pqqp_bench.spec import Recipe
+
+    class Exported:
+        folder = tmp_path / "exported"
+
+        def as_dict(self) -> dict:
+            return {"format": "dense", "low_bit": False, "served_as": "dense weights", "notes": []}
+
+    def fake_vllm(folder, settings, python, seed):
+        assert folder == Exported.folder and python == "vllm-python" and seed == 0
+        return {"backend": "vllm", "version": "0.0", "elapsed": 0.5, "requests": 2, "prompt_tokens": 16,
+                "output_tokens": 8, "tokens_per_s": 48.0, "output_tokens_per_s": 16.0, "quantization": "none",
+                "dtype": settings.dtype, "device": "cpu", "kernels": []}
+
+    monkeypatch.setattr(tp, "resolve_backend", lambda requested, venv: tp.Backend("vllm", "vllm-python", "stood in"))
+    monkeypatch.setattr(tp, "run_vllm", fake_vllm)
+    monkeypatch.setattr(export_module, "export", lambda *args: Exported())
+    model = str(model_dir)
+    suite = load_suite(throughput_suite(tmp_path / "s.yaml", model, str(text_file), backend="auto"))
+    bench = Bench(suite, Store(tmp_path / "r.sqlite"), progress=False)
+    quality, m = bench.throughput_case(model, "rtn:w=8,a=8")
+    dense = bench.store.get(bench.throughput_key(model, Recipe(()), "vllm"))
+    assert m.key.split.startswith("backend=vllm,") and set(m.details) == set(THROUGHPUT_FIELDS) and m.value == 48.0
+    assert dense is not None and m.details["speedup"] == 1.0 and m.details["dense_created"] == dense.created
+    assert m.details["backend_reason"] == "stood in" and quality.key.metric == "ppl" and len(bench.store) == 3
+
+
 def test_vllm_loads_an_exported_tiny_model(tmp_path, tokens) -> None:
     python = tp.venv_python()
     if not tp.has_vllm(python):

@@ -176,7 +176,21 @@ def load_suite(path: str | Path, **overrides: Any) -> "Suite":
 
     section_options = {dest for r in SECTIONS if r.key for dest in r.option_names()}
     values = parse_sections(read_yaml(path), overrides)
-    return suite_from(path, values, {k: v for k, v in overrides.items() if k not in section_options})
+    suite = suite_from(path, values, {k: v for k, v in overrides.items() if k not in section_options})
+    check_metric(suite.metric)
+    return suite
+
+
+def check_metric(name: str) -> None:
+    """The suite's `metric` must be one a registered metric measures (metrics.py), and a quality: tokens/s is the
+    throughput section's."""
+    from ..errors import PqqpError
+    from ..metrics import THROUGHPUT, metric_for
+
+    if name == THROUGHPUT:
+        raise PqqpError(f"metric {name!r} is not accepted as the suite's metric: tokens/s is measured by the "
+                        f"throughput section; accepted ppl, lm-eval:<task>/<metric> or another registered quality metric")
+    metric_for(name)
 
 
 def full_report(analysis: "Analysis") -> str:
