@@ -137,13 +137,14 @@ def test_order_search(pqqp_bench, pqqp_analysis, pqqp_order) -> None:
 
 
 def test_order_rule(pqqp_bench, pqqp_analysis, pqqp_order_rule) -> None:
-    specs = [s for s in pqqp_bench.suite.section("order_search").specs(pqqp_bench.suite) if s.model == pqqp_order_rule]
+    model = pqqp_order_rule.model
+    specs = [s for s in pqqp_bench.suite.section("order_search").specs(pqqp_bench.suite) if s.model == model]
     outcomes = [order_outcome(pqqp_analysis, s)[0] for s in specs]
     rows = "\n".join(f"{s.methods.name}: rank {r.rank}/{len(r.metrics)}, regret {r.regret:.4g}, random regret "
                      f"{r.random_regret:.4g}" for s, r in zip(specs, outcomes))
     summary = summarize(outcomes)
     predictor = predictor_name(pqqp_bench.suite)
-    text = f"{pqqp_order_rule}: {summary_text(summary, predictor)}\n{rows}"
+    text = f"{model}: {summary_text(summary, predictor)}\n{rows}"
     print(f"\n{text}")
     assert summary.mean_regret <= summary.random_regret, (
         f"the order of {predictor} loses more than a random order on average:\n{text}")

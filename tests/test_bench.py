@@ -114,7 +114,7 @@ def test_keys_of_every_metric_are_those_of_the_earlier_code(tmp_path: Path) -> N
     from dataclasses import replace
 
     from pqqp_bench.evaluate.throughput import ThroughputSettings
-    from pqqp_bench.suite import ThroughputSpec
+    from pqqp_bench.sections.throughput import Throughput
 
     from synthetic import fake_model
 
@@ -123,7 +123,7 @@ def test_keys_of_every_metric_are_those_of_the_earlier_code(tmp_path: Path) -> N
     corpus.write_text("the order of pruning and quantization changes a compressed model. " * 200)
     grid = dict(models=(model,), corpus=str(corpus), seqlen=32, eval_tokens=128, calib_samples=2, seeds=(0, 1))
     settings = ThroughputSettings(backend="transformers", prompt_len=8, output_len=4, num_prompts=2, dtype="float32")
-    suites = {"ppl": Suite(**grid, throughput=ThroughputSpec((parse_recipe("sleb:p=0.5"),), settings)),
+    suites = {"ppl": Suite(**grid, sections=(Throughput((parse_recipe("sleb:p=0.5"),), settings),)),
               "lm": Suite(**grid, metric="lm-eval:pqqp_cloze/acc", lm_eval_limit=20),
               "lm0": Suite(**grid, metric="lm-eval:pqqp_cloze/acc")}
     benches = {}

@@ -193,6 +193,7 @@ def test_suite_tests_run_end_to_end(tmp_path: Path, model_dir: Path, text_file: 
     out = proc.stdout + proc.stderr
     for test in ("test_order_search", "test_order_rule"):
         assert set(outcomes(out, test)) <= {"PASSED", "FAILED"} and outcomes(out, test), out
+    assert f"test_order_rule[{model_dir.name}]" in out, out  # the model's short name, not its path
     cases = outcomes(out, "test_case")
     assert len(cases) == len(load_suite(folder / "s.yaml").cases()) and set(cases) == {"PASSED"}, out  # all achieved
     pipelines = outcomes(out, "test_pipeline")  # supported, violated or inconclusive (skipped with its evidence)

@@ -44,6 +44,17 @@ class OrderSpec:
 
 
 @dataclass(frozen=True)
+class OrderRule:
+    """The predictor over every method set of the section on one model (`test_order_rule`)."""
+
+    model: str
+
+    @property
+    def id(self) -> str:
+        return model_id(self.model)
+
+
+@dataclass(frozen=True)
 class OrderSearch(Section):
     """Method sets whose recommended order is checked against every permutation. `reference` is the quantizer whose
     curve (the suite's `curve_bits`) the intensity rule reads the CERs on."""
@@ -102,7 +113,7 @@ class OrderSearch(Section):
         return [OrderSpec(suite, m, s) for m in suite.models for s in self.sets]
 
     def tests(self, suite: Suite) -> dict[str, list]:
-        return {"pqqp_order": self.specs(suite), "pqqp_order_rule": list(suite.models)}
+        return {"pqqp_order": self.specs(suite), "pqqp_order_rule": [OrderRule(m) for m in suite.models]}
 
     def report(self, analysis: Analysis) -> str:
         found = order_outcomes(analysis)
