@@ -23,7 +23,7 @@ import yaml
 
 from .errors import PqqpError
 from .evaluate.lmeval import parse_metric
-from .settings import Settings, check_bos, check_mode, check_schedule
+from .settings import KNOBS, Settings, check_bos, check_mode, check_schedule
 from .methods import method_class
 from .methods.base import boolean, format_value
 from .prefixes import cache_size, trie_order
@@ -100,12 +100,10 @@ class Suite:
         check_grid(self)
 
     def settings(self, model: str, **extra: Any) -> Settings:
-        """The experiment settings of one model of the grid; `extra` sets or overrides others."""
-        values = dict(model=model, corpus=self.corpus, seqlen=self.seqlen, calib_samples=self.calib_samples,
-                      eval_tokens=self.eval_tokens, holdout=self.holdout, bos=self.bos, seed=self.seeds[0],
-                      batch_size=self.batch_size, device=self.device, offload=self.offload, schedule=self.schedule,
-                      prefix_cache=self.prefix_cache, prefix_cache_dir=self.prefix_cache_dir)
-        return Settings(**{**values, **extra})
+        """The experiment settings of one model of the grid (each knob of `settings.KNOBS` from its suite key; the
+        list keys `models` and `seeds` give `model` and the first seed); `extra` sets or overrides others."""
+        values = {k.name: getattr(self, k.key)[0] if k.suite_key else getattr(self, k.key) for k in KNOBS}
+        return Settings(**{**values, "model": model, **extra})
 
     def section(self, key: str) -> Any:
         """The suite's section of that key (sections/), or None where the suite has none."""
