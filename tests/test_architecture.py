@@ -87,6 +87,18 @@ def test_imports_point_up_the_table() -> None:
     assert not wrong, "\n".join(wrong)
 
 
+def test_registered_sections_point_up_the_table() -> None:
+    """The section registry imports its sections by name (so the pytest plugin loads none of them): each named
+    module is in the table above the registry, like an import."""
+    from pqqp_bench.sections import SECTIONS
+
+    rank = {m: i for i, m in enumerate(documented_order())}
+    for registration in SECTIONS:
+        module = "sections" + registration.module
+        assert module in rank and rank[module] < rank["sections"], module
+        assert registration.section().key == registration.key, module
+
+
 def test_the_check_sees_a_backward_import(tmp_path: Path) -> None:
     """The import reader finds relative, absolute and function-level imports (so the check above can fail)."""
     fake = PACKAGE / "methods" / "rtn.py"

@@ -161,7 +161,7 @@ def parse_sections(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, 
         given = {name: overrides[f"{r.prefix}_{name}"] for name in r.options
                  if overrides.get(f"{r.prefix}_{name}") is not None}
         value = raw.get(r.key)
-        if given:
+        if given and (value is None or isinstance(value, dict)):  # else `parse` refuses the YAML's value
             value = {**(value or {}), **given}
         parsed = r.section().parse(value)
         if parsed is not None:
