@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from .errors import PqqpError
 
@@ -65,24 +66,43 @@ def check_folder(name: str, value: str | None) -> None:
 PREDICTORS = ("intensity", "probe", "pairwise", "probe-intensity")
 """The order predictors (predictors.py) by name: what `pqqp order --predictor` and `order_search.predictor` accept."""
 
+def knob(default: object, help: str, *, suite_key: str = "", choices: tuple[str, ...] = (), data: bool = False) -> Any:
+    """A field of `Settings` that every front end shows (a `Knob`): the suite key, `--pqqp-*` option and `pqqp` flag
+    of that name, with this help. `suite_key`: the suite's list key where it differs (`models`, `seeds`); `data`:
+    one of the model, corpus and window settings every command naming measurements takes."""
+    return field(default=default, metadata={"knob": {"help": help, "suite_key": suite_key, "choices": choices,
+                                                     "data": data}})
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Every knob of an experiment; the CLI flags and pytest options map onto these one to one."""
+    """Every knob of an experiment, declared once: a field made by `knob` is a setting of every front end (the
+    `pqqp` flags, the `--pqqp-*` options, the suite keys, the README's table); its check is in `__post_init__`."""
 
-    model: str = DEFAULT_MODEL
-    corpus: str = DEFAULT_CORPUS
-    seqlen: int = 512
-    calib_samples: int = 32
-    eval_tokens: int = 16384
-    holdout: float = DEFAULT_HOLDOUT
-    bos: str = "auto"  # windows start with BOS: auto (as the tokenizer does), always, never (data.bos_token)
-    seed: int = 0
-    batch_size: int = 1
-    device: str = "auto"
-    offload: str = "none"  # none, cpu, disk: where the decoder blocks live between their turns (offload.py)
-    schedule: str = "staged"  # staged (one pass per stage, paper §2) or fused (compress.passes)
-    prefix_cache: float = 2.0  # GiB of compressed recipe prefixes kept for reuse (prefixes.py); 0 turns it off
-    prefix_cache_dir: str | None = None  # also keep them there, as safetensors + JSON (shared by workers, kept)
+    model: str = knob(DEFAULT_MODEL, "embedded name, HF hub id, local HF folder, or .gguf file", suite_key="models",
+                      data=True)
+    corpus: str = knob(DEFAULT_CORPUS, "pydoc, austen, wikitext2 (needs pqqp-bench[hub] and the hub), or a .txt/.jsonl "
+                                       "path", data=True)
+    seqlen: int = knob(512, "tokens per calibration sample and per evaluation window", data=True)
+    calib_samples: int = knob(32, "calibration windows, drawn without overlap by the seed", data=True)
+    eval_tokens: int = knob(16384, "evaluation tokens, cut into windows of seqlen", data=True)
+    holdout: float = knob(DEFAULT_HOLDOUT, "the last fraction of the corpus, kept for evaluation only", data=True)
+    bos: str = knob("auto", "windows start with BOS: auto (where the tokenizer adds it), always, never",
+                    choices=BOS_SETTINGS, data=True)  # data.bos_token
+    seed: int = knob(0, "calibration sampling and randomised methods", suite_key="seeds", data=True)
+    batch_size: int = knob(1, "evaluation windows per forward pass (1 is fastest on CPU; raise it on a GPU)")
+    device: str = knob("auto", "auto (cuda when present, else cpu), cpu, cuda, cuda:N")
+    offload: str = knob("none", "where decoder blocks wait for their turn: none (all on the device), cpu (host "
+                                "memory), disk (read from the safetensors files): for models larger than memory; "
+                                "layer-scope methods and ppl only", choices=OFFLOAD_MODES)  # offload.py
+    schedule: str = knob("staged", "staged: every stage its own calibration pass over the model the earlier stages "
+                                   "left, as the paper composes methods; fused: consecutive layer-scope stages block by "
+                                   "block in one pass", choices=SCHEDULES)  # compress.passes
+    prefix_cache: float = knob(2.0, "GiB of compressed recipe prefixes kept in memory, so a recipe starts from the "
+                                    "longest one already computed; 0 turns reuse off")  # prefixes.py
+    prefix_cache_dir: str | None = knob(None, "also keep the prefix cache in this folder (safetensors + JSON): shared "
+                                              "by workers on one filesystem, and by later runs")
+    # the process's own, not a setting of the measurement
     cache_dir: str | None = None
     trust_remote_code: bool = False
     progress: bool = True
@@ -130,6 +150,7 @@ class Knob:
 
     name: str
     kind: type
+    type: str  # the field's annotation, as written
     help: str
     suite_key: str = ""
     choices: tuple[str, ...] = ()
@@ -148,33 +169,14 @@ class Knob:
         return getattr(Settings, self.name)
 
 
-KNOBS: tuple[Knob, ...] = (
-    Knob("model", str, "embedded name, HF hub id, local HF folder, or .gguf file", suite_key="models", data=True),
-    Knob("corpus", str, "pydoc, austen, wikitext2 (needs pqqp-bench[hub] and the hub), or a .txt/.jsonl path",
-         data=True),
-    Knob("seqlen", int, "tokens per calibration sample and per evaluation window", data=True),
-    Knob("calib_samples", int, "calibration windows, drawn without overlap by the seed", data=True),
-    Knob("eval_tokens", int, "evaluation tokens, cut into windows of seqlen", data=True),
-    Knob("holdout", float, "the last fraction of the corpus, kept for evaluation only", data=True),
-    Knob("bos", str, "windows start with BOS: auto (where the tokenizer adds it), always, never",
-         choices=BOS_SETTINGS, data=True),
-    Knob("seed", int, "calibration sampling and randomised methods", suite_key="seeds", data=True),
-    Knob("batch_size", int, "evaluation windows per forward pass (1 is fastest on CPU; raise it on a GPU)"),
-    Knob("device", str, "auto (cuda when present, else cpu), cpu, cuda, cuda:N"),
-    Knob("offload", str, "where decoder blocks wait for their turn: none (all on the device), cpu (host memory), "
-                         "disk (read from the safetensors files): for models larger than memory; layer-scope "
-                         "methods and ppl only", choices=OFFLOAD_MODES),
-    Knob("schedule", str, "staged: every stage its own calibration pass over the model the earlier stages left, as "
-                          "the paper composes methods; fused: consecutive layer-scope stages block by block in one "
-                          "pass", choices=SCHEDULES),
-    Knob("prefix_cache", float, "GiB of compressed recipe prefixes kept in memory, so a recipe starts from the "
-                                "longest one already computed; 0 turns reuse off"),
-    Knob("prefix_cache_dir", str, "also keep the prefix cache in this folder (safetensors + JSON): shared by "
-                                  "workers on one filesystem, and by later runs"),
-)
-"""Every setting of an experiment, declared once: the `pqqp` flags (`cli.py`), the `--pqqp-*` options
-(`pytest_plugin.py`) and the suite keys (`suite.py`) take their names, help and defaults from here, and the
-README's option table is this table (`markdown_table`, checked by a test)."""
+KINDS = {"str": str, "int": int, "float": float, "str | None": str}
+
+KNOBS: tuple[Knob, ...] = tuple(Knob(f.name, KINDS[str(f.type)], str(f.type), **f.metadata["knob"])
+                                for f in fields(Settings) if "knob" in f.metadata)
+"""Every setting of an experiment, from the `knob` fields of `Settings`: the `pqqp` flags (`cli.py`), the
+`--pqqp-*` options (`pytest_plugin.py`) and the suite keys (`suite.py`, whose fields are made from these) take their
+names, types, help and defaults from here, and the README's option table is this table (`markdown_table`, checked
+by a test)."""
 
 
 def markdown_table() -> str:

@@ -15,7 +15,7 @@ Every YAML key can be overridden by a `--pqqp-*` option or a `pqqp run` flag of 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,27 +52,22 @@ class GateRule:
             raise PqqpError(f"gate min_recovery={self.min_recovery!r} is not accepted: a fraction in (0, 1] or null")
 
 
+SuiteSettings = make_dataclass(
+    "SuiteSettings", [(k.key, f"tuple[{k.type}, ...]" if k.suite_key else k.type,
+                       field(default=(k.default,) if k.suite_key else k.default)) for k in KNOBS],
+    frozen=True)
+SuiteSettings.__module__ = __name__
+SuiteSettings.__doc__ = """A suite's experiment settings: a field per knob of `settings.KNOBS` (one declaration of each, in
+`Settings`), with its default; `models` and `seeds` (the knobs with a `suite_key`) are lists."""
+
+
 @dataclass(frozen=True)
-class Suite:
-    """A grid and the settings it is measured under (the defaults are the embedded model on pydoc)."""
+class Suite(SuiteSettings):
+    """A grid and the settings it is measured under (the defaults are the embedded model on pydoc); the settings'
+    fields come first, from `SuiteSettings`."""
 
     name: str = "suite"
     description: str = ""
-    # the experiment's settings, with the defaults declared once in settings.py (KNOBS: their help)
-    models: tuple[str, ...] = (Settings.model,)
-    corpus: str = Settings.corpus
-    seqlen: int = Settings.seqlen
-    calib_samples: int = Settings.calib_samples
-    eval_tokens: int = Settings.eval_tokens
-    holdout: float = Settings.holdout
-    bos: str = Settings.bos
-    seeds: tuple[int, ...] = (Settings.seed,)
-    batch_size: int = Settings.batch_size
-    device: str = Settings.device
-    offload: str = Settings.offload
-    schedule: str = Settings.schedule
-    prefix_cache: float = Settings.prefix_cache
-    prefix_cache_dir: str | None = Settings.prefix_cache_dir
     metric: str = "ppl"  # or lm-eval:<task>/<metric>, e.g. lm-eval:pqqp_cloze/acc
     lm_eval_limit: int | None = None  # lm-eval tasks: score only the first N documents (None: all)
     pruners: tuple[str, ...] = ("wanda",)
