@@ -71,7 +71,7 @@ def main() -> int:
         print(f"vllm bench throughput (dense, {time.perf_counter() - start:.0f} s with engine start): "
               f"{theirs:.1f} total tokens/s", flush=True)
         rows = []
-        for case in suite.section("throughput").tests(suite)["pqqp_throughput"]:
+        for case in suite.section("throughput").speed_cases(suite):
             start = time.perf_counter()
             quality, m = bench.throughput_case(case.model, case.recipe)
             rows.append((case.recipe, quality.value, m, time.perf_counter() - start))

@@ -50,8 +50,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, default: Callable[[str],
 
 def add_grid_arguments(parser: argparse.ArgumentParser, text: str) -> None:
     """`GRID_FLAGS` as options overriding the suite's keys; `text` starts each help."""
+    helps = section_options()
     for flag in GRID_FLAGS:
-        what = section_options().get(flag, "calibration seeds, e.g. 0,1,2")
+        what = helps.get(flag, "calibration seeds, e.g. 0,1,2")
         parser.add_argument(f"--{flag.replace('_', '-')}", default=None, help=f"{text} {flag}: {what}")
 
 

@@ -94,9 +94,7 @@ def provenance(command: str, bench: Bench, boards: list[Board]) -> Provenance:
     """The command, and a digest of the stored rows used (their keys' digests and values, sorted)."""
     rows = sorted((m.key.digest(), repr(m.value)) for m in suite_measurements(bench, boards))
     expected = sum(len(bench.seeds_for(case.recipe)) for case in bench.suite.cases())
-    throughput = bench.suite.section("throughput")  # a tokens/s row per recipe, and the metric of those not in the grid
-    speeds = throughput.tests(bench.suite)["pqqp_throughput"] if throughput else []
-    expected += len(speeds) + sum(len(bench.seeds_for(c.recipe)) for c in speeds if c.recipe.stages)
+    expected += sum(section.expected(bench) for section in active(bench.suite))
     digest = hashlib.sha256("\n".join(f"{d} {v}" for d, v in rows).encode()).hexdigest()[:16]
     return Provenance(command, bench.suite, len(rows), expected, digest)
 

@@ -46,7 +46,7 @@ def test_section_options_override_and_dense_comes_first(tmp_path) -> None:
     path = throughput_suite(tmp_path / "s.yaml", "m", "pydoc", recipes="['sleb:p=0.5']")
     suite = load_suite(path, throughput_num_prompts="3", throughput_backend="auto")
     assert (suite.section("throughput").settings.num_prompts, suite.section("throughput").settings.backend) == (3, "auto")
-    assert [c.label for c in suite.section("throughput").tests(suite)["pqqp_throughput"]] == ["dense", "sleb:p=0.5"]
+    assert [c.label for c in suite.section("throughput").speed_cases(suite)] == ["dense", "sleb:p=0.5"]
     assert suite.cases()[0].label == "dense" and not suite.hypotheses()
 
 
@@ -74,7 +74,7 @@ def test_transformers_fallback_is_stored_once_and_resumed(tmp_path, model_dir, t
     d = m.details
     assert d["backend"] == "transformers" and d["format"] == "transformers" and not d["low_bit"]
     assert d["prompt_tokens"] == 2 * 8 and d["output_tokens"] == 2 * 4 and m.value == pytest.approx(24 / d["elapsed"])
-    dense = store.get(bench.throughput_key(str(model_dir), bench.suite.section("throughput").tests(bench.suite)["pqqp_throughput"][0].recipe))
+    dense = store.get(bench.throughput_key(str(model_dir), bench.suite.section("throughput").speed_cases(bench.suite)[0].recipe))
     assert dense is not None and d["speedup"] == pytest.approx(m.value / dense.value)
     assert m.key.metric == "throughput" and m.key.split.startswith("backend=transformers,prompt_len=8")
     assert len(store) == 2  # dense and the case: nothing else was measured
@@ -200,7 +200,7 @@ def test_leaderboard_throughput_table(tmp_path) -> None:
     served = {"sleb:p=0.5": (False, "dense weights (no low-bit kernel)", []),
               "rtn:w=8,a=8": (True, "INT8 W8A8, compressed-tensors int-quantized",
                               ["CompressedTensorsW8A8Int8: CPUInt8ScaledMMLinearKernel"])}
-    for case, tps in zip(suite.section("throughput").tests(suite)["pqqp_throughput"][1:], (150.0, 120.0)):
+    for case, tps in zip(suite.section("throughput").speed_cases(suite)[1:], (150.0, 120.0)):
         low_bit, text, kernels = served[str(case.recipe)]
         details = {"backend": "vllm", "version": "0.32.0", "low_bit": low_bit, "served_as": text, "kernels": kernels,
                    "notes": ["float tensors cast from float32 to bfloat16 for serving"], "speedup": tps / 100.0}
@@ -213,3 +213,5 @@ def test_leaderboard_throughput_table(tmp_path) -> None:
     assert "| sleb:p=0.5 | missing | 150 | 1.50× | vllm 0.32.0 | dense: dense weights (no low-bit kernel) (unquantized linear)" in text
     assert "low-bit: INT8 W8A8, compressed-tensors int-quantized (CompressedTensorsW8A8Int8: CPUInt8ScaledMMLinearKernel)" in text
     assert "| dense | missing | missing | missing |" in text
+    # expected: the dense case, a tokens/s row per recipe (3), and the ppl of the two compressed ones
+    assert "from 2 of 6 expected stored measurements" in (tmp_path / "a" / "README.md").read_text()

@@ -89,6 +89,11 @@ class Section:
         """What the leaderboard shows of `model`, read from stored measurements once (missing ones as None)."""
         return None
 
+    def expected(self, bench: "Bench") -> int:
+        """How many stored measurements the section shows besides the suite's cases (the leaderboard's count of
+        expected measurements)."""
+        return 0
+
     def measurements(self, collected: Any) -> list["Measurement"]:
         """The stored measurements in `collected` that the suite's cases do not hold already."""
         return []

@@ -84,12 +84,16 @@ class Throughput(Section):
         """The section's measurements on `model`: dense first (the speed-ups divide by it), then each recipe."""
         return [Case(model, r, "throughput", short(r)) for r in dict.fromkeys([Recipe(()), *self.recipes])]
 
+    def speed_cases(self, suite: Suite) -> list[Case]:
+        """The section's measurements on every model of the suite, each model's dense first."""
+        return [c for m in suite.models for c in self.model_cases(m)]
+
     def tests(self, suite: Suite) -> dict[str, list]:
-        return {"pqqp_throughput": [c for m in suite.models for c in self.model_cases(m)]}
+        return {"pqqp_throughput": self.speed_cases(suite)}
 
     def run(self, bench: "Bench", write: Callable[[str], None]) -> None:
         """Each recipe's metric and tokens/s (dense first), through the store."""
-        cases = [c for m in bench.suite.models for c in self.model_cases(m)]
+        cases = self.speed_cases(bench.suite)
         write(f"throughput: {len(cases)} cases, backend {bench.backend.name} ({bench.backend.reason})")
         for index, case in enumerate(cases, 1):
             quality, m = bench.throughput_case(case.model, case.recipe)
@@ -105,6 +109,11 @@ class Throughput(Section):
         bench = analysis.bench
         return tuple(Speed(c.recipe, stored_speed(bench, model, c.recipe), tuple(bench.stored_case(c)))
                      for c in self.model_cases(model))
+
+    def expected(self, bench: "Bench") -> int:
+        """A tokens/s row per case, and the metric of each recipe beside it (dense's is a case of the suite)."""
+        cases = self.speed_cases(bench.suite)
+        return len(cases) + sum(len(bench.seeds_for(c.recipe)) for c in cases if c.recipe.stages)
 
     def measurements(self, collected: tuple[Speed, ...]) -> list["Measurement"]:
         return [m for v in collected for m in (v.throughput, *(v.quality if v.recipe.stages else ()))
